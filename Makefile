@@ -1,0 +1,41 @@
+# One task runner for humans, the README and CI (.ci/run calls `make test`).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv test lint typecheck unit localstack demo clean
+
+help:
+	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
+	@echo "make test        lint, type-check and run the whole test suite against an embedded LocalStack"
+	@echo "make lint        ruff + mypy only"
+	@echo "make localstack  start the embedded LocalStack in the foreground"
+
+$(STAMP): pyproject.toml constraints/dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints/dev.txt -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not localstack"
+
+localstack: $(STAMP)
+	$(BIN)/worker localstack
+
+demo: $(STAMP)
+	$(BIN)/worker demo
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,68 @@
+"""The ``worker`` command line: parses arguments, loads Settings once, passes them down."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+from .errors import ConfigError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-command per job."""
+    parser = argparse.ArgumentParser(
+        prog="worker",
+        description="A resilient SQS/SNS worker. Settings come from WORKER_* variables; AWS ones from AWS_*.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub.add_parser("run", help="consume the configured queue with the configured handler until SIGTERM")
+    local = sub.add_parser("localstack", help="start the embedded LocalStack (host mode) in the foreground")
+    local.add_argument("--port", type=int, default=None, help="loopback port (default: a free one)")
+    demo = sub.add_parser(
+        "demo", help="embedded end-to-end demo: LocalStack, topology, traffic, worker, summary"
+    )
+    demo.add_argument("--messages", type=int, default=300, help="messages to publish (default 300)")
+    demo.add_argument("--keep", action="store_true", help="leave the stack and worker running until Ctrl-C")
+    demo.add_argument(
+        "--quick", action="store_true", help="a short run with shorter timeouts (used by tests)"
+    )
+    demo.add_argument("--endpoint", default=None, help="use this running LocalStack instead of starting one")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``worker`` script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run()
+        if args.command == "localstack":
+            from .localstack import main_foreground
+
+            return main_foreground(args.port)
+        if args.command == "demo":
+            from .demo import main as demo_main
+
+            return demo_main(messages=args.messages, keep=args.keep, quick=args.quick, endpoint=args.endpoint)
+    except ConfigError as exc:
+        print(f"worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _run() -> int:
+    import anyio
+
+    from .app import run_worker
+    from .logs import configure_logging
+    from .settings import load_settings
+
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    anyio.run(run_worker, settings)
+    return 0

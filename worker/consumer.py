@@ -1,0 +1,171 @@
+"""The consume loop: pollers that receive only as many messages as there are free slots, the message
+tasks, and the shutdown order (stop polling, give back what arrives, drain in-flight, flush batches)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .health import Health
+from .lease import Lease
+from .message import Message, parse_or_fallback
+from .metrics import Metrics
+from .processor import Processor
+from .settings import Settings
+from .sqs import CALL_ERRORS, error_code
+
+log = logging.getLogger("worker.consumer")
+
+RECEIVE_MAX = 10
+#: Poll-error backoff: doubles from this, with jitter, up to POLL_BACKOFF_MAX.
+POLL_BACKOFF_BASE = 0.5
+POLL_BACKOFF_MAX = 30.0
+#: Errors that mean SQS wants fewer messages in flight: back off, do not count as an outage.
+OVER_LIMIT_CODES = frozenset({"OverLimit", "AWS.SimpleQueueService.OverLimit"})
+
+
+class Slots:
+    """Counts in-flight messages against the concurrency limit; pollers reserve before receiving."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = anyio.Event()
+
+    async def reserve(self, most: int, health: Health) -> int:
+        """Wait for at least one free slot, then take up to ``most``."""
+        while self.used >= self.limit:
+            health.turned()  # waiting for capacity is a healthy loop
+            with anyio.move_on_after(1.0):
+                await self._freed.wait()
+        taken = min(most, self.limit - self.used)
+        self.used += taken
+        return taken
+
+    def release(self, count: int) -> None:
+        """Give back ``count`` slots and wake waiting pollers."""
+        if count <= 0:
+            return
+        self.used -= count
+        self._freed.set()
+        self._freed = anyio.Event()
+
+
+def group_entries(items: Sequence[tuple[Message, Any]], fifo: bool) -> list[list[tuple[Message, Any]]]:
+    """Standard queues: one group per message. FIFO: one group per MessageGroupId, receive order kept."""
+    if not fifo:
+        return [[item] for item in items]
+    groups: dict[str, list[tuple[Message, Any]]] = {}
+    for item in items:
+        groups.setdefault(item[0].group_id or "", []).append(item)
+    return list(groups.values())
+
+
+class Consumer:
+    """Owns the pollers and message tasks of one queue."""
+
+    def __init__(
+        self, *, settings: Settings, client: Any, processor: Processor, metrics: Metrics, health: Health
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.processor = processor
+        self.metrics = metrics
+        self.health = health
+        self.queue = processor.queue
+        self.slots = Slots(settings.concurrency)
+        self.stopping = anyio.Event()
+        self._received = metrics.received.labels(self.queue)
+        self._age = metrics.message_age.labels(self.queue)
+        self._last_poll = metrics.last_poll_success.labels(self.queue)
+        metrics.concurrency_limit.labels(self.queue).set(settings.concurrency)
+        metrics.in_flight.labels(self.queue).set(0)
+
+    def stop(self) -> None:
+        """Stop polling; receives in flight still return and what they bring is given back."""
+        self.stopping.set()
+
+    async def run(self) -> None:
+        """Poll until ``stop()``, then wait for the message tasks (the caller bounds the wait)."""
+        async with anyio.create_task_group() as work:
+            for index in range(self.settings.pollers):
+                work.start_soon(self._poll, work, index)
+
+    async def _poll(self, work: TaskGroup, index: int) -> None:
+        failures = 0
+        while not self.stopping.is_set():
+            wanted = await self.slots.reserve(RECEIVE_MAX, self.health)
+            if self.stopping.is_set():
+                self.slots.release(wanted)
+                return
+            sent = anyio.current_time()
+            try:
+                response = await self.client.receive_message(
+                    QueueUrl=self.settings.queue_url,
+                    MaxNumberOfMessages=wanted,
+                    WaitTimeSeconds=self.settings.wait_time_seconds,
+                    VisibilityTimeout=self.settings.visibility_timeout_seconds,
+                    MessageSystemAttributeNames=["All"],
+                    MessageAttributeNames=["All"],
+                )
+            except CALL_ERRORS as exc:
+                self.slots.release(wanted)
+                failures += 1
+                code = error_code(exc)
+                self.metrics.sqs_errors.labels("ReceiveMessage").inc()
+                if code in OVER_LIMIT_CODES:
+                    self.health.turned()
+                else:
+                    self.health.poll_failed(code)
+                delay = random.uniform(0, min(POLL_BACKOFF_MAX, POLL_BACKOFF_BASE * 2 ** min(failures, 10)))
+                if failures in (1, 5) or failures % 20 == 0:
+                    log.warning(
+                        "receive failed; backing off",
+                        extra={"event": "poll_failed", "error": code, "failures": failures, "poller": index},
+                    )
+                with anyio.move_on_after(delay):
+                    await self.stopping.wait()
+                continue
+            if failures:
+                log.info("receive recovered", extra={"event": "poll_recovered", "after_failures": failures})
+            failures = 0
+            self.health.poll_succeeded()
+            self._last_poll.set(time.time())
+            entries = response.get("Messages", [])
+            self.slots.release(wanted - len(entries))
+            if not entries:
+                continue
+            self._received.inc(len(entries))
+            lease = Lease.start(sent, self.settings.visibility_timeout_seconds)
+            items = [parse_or_fallback(entry, self.settings.queue_url) for entry in entries]
+            now = time.time()
+            for message, _ in items:
+                if message.sent_at is not None:
+                    self._age.observe(max(0.0, now - message.sent_at.timestamp()))
+            if self.stopping.is_set():
+                await self._give_back([m for m, _ in items], lease)
+                return
+            for group in group_entries(items, self.settings.is_fifo):
+                work.start_soon(self._run_group, group, lease)
+
+    async def _give_back(self, messages: list[Message], lease: Lease) -> None:
+        log.info(
+            "giving back messages received while stopping",
+            extra={"event": "give_back", "count": len(messages)},
+        )
+        try:
+            await self.processor.give_back(messages, lease, 0)
+        finally:
+            self.slots.release(len(messages))
+
+    async def _run_group(self, group: list[tuple[Message, Any]], lease: Lease) -> None:
+        try:
+            await self.processor.run_group(group, lease)
+        finally:
+            self.slots.release(len(group))

@@ -1,0 +1,54 @@
+"""Liveness and readiness state, updated by the poll loop and read by /healthz and /readyz."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import anyio
+
+
+@dataclass(slots=True)
+class Health:
+    """What the HTTP probes report; times are on the monotonic clock."""
+
+    stale_after: float = 120.0
+    started_at: float = field(default_factory=anyio.current_time)
+    last_turn: float | None = None
+    last_poll_ok: bool = False
+    last_error: str | None = None
+    draining: bool = False
+    started: bool = False
+
+    def turned(self) -> None:
+        """The poll loop went round (a failed poll counts: an outage must not get the process killed)."""
+        self.last_turn = anyio.current_time()
+
+    def poll_succeeded(self) -> None:
+        """A ReceiveMessage answered."""
+        self.turned()
+        self.last_poll_ok = True
+        self.last_error = None
+
+    def poll_failed(self, code: str) -> None:
+        """A ReceiveMessage failed with ``code``."""
+        self.turned()
+        self.last_poll_ok = False
+        self.last_error = code
+
+    def liveness(self) -> tuple[bool, str]:
+        """(alive, reason): the loop answers (we are running this) and the poll loop keeps turning."""
+        now = anyio.current_time()
+        reference = self.last_turn if self.last_turn is not None else self.started_at
+        if now - reference > self.stale_after:
+            return False, f"poll loop has not turned for {now - reference:.0f}s"
+        return True, "poll loop turning"
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): SQS reachable and not draining."""
+        if self.draining:
+            return False, "draining"
+        if not self.started:
+            return False, "starting"
+        if not self.last_poll_ok:
+            return False, f"SQS unreachable: {self.last_error or 'no successful poll yet'}"
+        return True, "polling"

@@ -1,0 +1,157 @@
+"""One settings tree, read from ``WORKER_*`` variables once by the CLI and passed down.
+
+AWS endpoint, region and credentials are deliberately absent: botocore reads the standard
+``AWS_*`` variables and files itself, so there is exactly one way to point the worker at an account.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "WORKER_"
+HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+#: SQS caps a message's visibility at 12 hours from its receive.
+VISIBILITY_CAP_SECONDS = 43_200
+#: SQS long polls wait at most 20 seconds.
+MAX_WAIT_SECONDS = 20
+#: In-flight limit of a standard queue; FIFO's is 120,000 as well since 2024 (20,000 before).
+MAX_CONCURRENCY = 120_000
+
+DestinationList = Annotated[list[str], NoDecode]
+
+
+def _split_uris(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of ``worker run``; names are the public contract (``WORKER_`` + upper-case field)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    queue_url: str = Field(description="URL of the SQS queue to consume (one queue per process).")
+    handler: str = Field(description="The handler, as pkg.module:callable.")
+    dlq_url: str | None = Field(default=None, description="URL of the dead-letter queue.")
+    handler_version: str = Field(default="unknown", description="Label for metrics and records.")
+    concurrency: int = Field(default=50, ge=1, le=MAX_CONCURRENCY, description="Max messages in flight.")
+    pollers: int = Field(default=2, ge=1, le=64, description="Concurrent long-poll loops.")
+    wait_time_seconds: int = Field(
+        default=10, ge=0, le=MAX_WAIT_SECONDS, description="Long-poll wait of each ReceiveMessage."
+    )
+    timeout_seconds: float = Field(default=30.0, gt=0, description="Deadline of one handler invocation.")
+    max_attempts: int = Field(default=5, ge=1, le=1000, description="Upper bound of handler invocations.")
+    immediate_retries: int = Field(default=1, ge=0, le=100, description="In-process retries, 1st delivery.")
+    backoff_base_seconds: float = Field(default=2.0, gt=0, description="Base of the exponential backoff.")
+    backoff_max_seconds: float = Field(default=300.0, gt=0, le=VISIBILITY_CAP_SECONDS)
+    visibility_timeout_seconds: int = Field(
+        default=60, ge=1, le=VISIBILITY_CAP_SECONDS, description="Lease taken at receive, then extended."
+    )
+    shutdown_timeout_seconds: float = Field(default=30.0, gt=0, description="Drain budget on SIGTERM.")
+    http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics /healthz /readyz.")  # noqa: S104
+    http_port: int = Field(default=9102, ge=0, le=65535)
+    on_success: DestinationList = Field(default_factory=list)
+    on_failure: DestinationList = Field(default_factory=list)
+    destination_timeout_seconds: float = Field(default=5.0, gt=0)
+    destination_attempts: int = Field(default=3, ge=1, le=20)
+    queue_metrics_interval_seconds: float = Field(default=15.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    log_bodies: bool = Field(default=False, description="Log message bodies (never on by default).")
+
+    @field_validator("handler")
+    @classmethod
+    def _handler_path(cls, value: str) -> str:
+        if not HANDLER_PATTERN.match(value):
+            raise ValueError(f"must look like pkg.module:callable, got {value!r}")
+        return value
+
+    @field_validator("queue_url", "dlq_url")
+    @classmethod
+    def _queue_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/]+/.+", value):
+            raise ValueError(f"must be an SQS queue URL (https://host/account/name), got {value!r}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("on_success", "on_failure", mode="before")
+    @classmethod
+    def _uris(cls, value: object) -> object:
+        return _split_uris(value)
+
+    @field_validator("on_success", "on_failure")
+    @classmethod
+    def _valid_destinations(cls, value: list[str]) -> list[str]:
+        from .destination_uri import parse_destination
+
+        for uri in value:
+            parse_destination(uri)
+        return value
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.backoff_base_seconds > self.backoff_max_seconds:
+            raise ConfigError(
+                f"{ENV_PREFIX}BACKOFF_BASE_SECONDS ({self.backoff_base_seconds}) is above "
+                f"{ENV_PREFIX}BACKOFF_MAX_SECONDS ({self.backoff_max_seconds})"
+            )
+        if self.dlq_url is not None and self.dlq_url == self.queue_url:
+            raise ConfigError(f"{ENV_PREFIX}DLQ_URL must differ from {ENV_PREFIX}QUEUE_URL")
+        if self.queue_url.endswith(".fifo") != (self.dlq_url or ".fifo").endswith(".fifo") and self.dlq_url:
+            raise ConfigError(
+                f"{ENV_PREFIX}DLQ_URL must be a FIFO queue exactly when {ENV_PREFIX}QUEUE_URL is one"
+            )
+        return self
+
+    @property
+    def is_fifo(self) -> bool:
+        """True when the source queue is a FIFO queue."""
+        return self.queue_url.endswith(".fifo")
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a settings field."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment; raise ConfigError with one line naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    loc = [str(part) for part in error.get("loc", ()) if str(part)]
+    message = str(error.get("msg", "invalid value"))
+    ctx = error.get("ctx") or {}
+    inner = ctx.get("error")
+    if isinstance(inner, ConfigError | ValueError) and str(inner):
+        message = str(inner)
+    message = message.removeprefix("Value error, ")
+    if not loc:
+        return message
+    name = env_name(loc[0])
+    if error.get("type") == "missing":
+        return f"{name} is required but not set"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{name}: {message}{more}"
