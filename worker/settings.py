@@ -112,6 +112,12 @@ class Settings(BaseSettings):
                 f"{ENV_PREFIX}BACKOFF_BASE_SECONDS ({self.backoff_base_seconds}) is above "
                 f"{ENV_PREFIX}BACKOFF_MAX_SECONDS ({self.backoff_max_seconds})"
             )
+        if self.wait_time_seconds >= self.shutdown_timeout_seconds:
+            raise ConfigError(
+                f"{ENV_PREFIX}WAIT_TIME_SECONDS ({self.wait_time_seconds}) must be below "
+                f"{ENV_PREFIX}SHUTDOWN_TIMEOUT_SECONDS ({self.shutdown_timeout_seconds}): "
+                "a long poll in flight at shutdown must return within the drain budget"
+            )
         if self.dlq_url is not None and self.dlq_url == self.queue_url:
             raise ConfigError(f"{ENV_PREFIX}DLQ_URL must differ from {ENV_PREFIX}QUEUE_URL")
         if self.queue_url.endswith(".fifo") != (self.dlq_url or ".fifo").endswith(".fifo") and self.dlq_url:

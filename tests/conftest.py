@@ -1,0 +1,143 @@
+"""Test harness: a sealed AWS environment, one embedded LocalStack per session, throwaway queues."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+# --- Seal the environment before anything imports botocore: a real account can never be reached. ---
+for _name in list(os.environ):
+    if _name.startswith(("AWS_", "WORKER_")):
+        del os.environ[_name]
+_EMPTY = Path(tempfile.mkdtemp(prefix="worker-tests-")) / "empty"
+_EMPTY.write_text("")
+os.environ.update(
+    {
+        "AWS_CONFIG_FILE": str(_EMPTY),
+        "AWS_SHARED_CREDENTIALS_FILE": str(_EMPTY),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+
+
+def assert_loopback(endpoint: str) -> None:
+    """Refuse any endpoint that is not on this machine."""
+    host = urlparse(endpoint).hostname or ""
+    assert host == "localhost" or ipaddress.ip_address(host).is_loopback, (
+        f"not a loopback endpoint: {endpoint}"
+    )
+
+
+@pytest.fixture(scope="session")
+def localstack_endpoint() -> Iterator[str]:
+    """One embedded LocalStack per test session (skips locally, fails in CI, when it cannot start)."""
+    from worker.localstack import EmbeddedLocalStack
+
+    stack = EmbeddedLocalStack()
+    try:
+        instance = stack.start()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"embedded LocalStack unavailable: {exc}")
+    assert_loopback(instance.endpoint)
+    os.environ["AWS_ENDPOINT_URL"] = instance.endpoint
+    try:
+        yield instance.endpoint
+    finally:
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+        stack.stop()
+
+
+@pytest.fixture
+def aws_env(localstack_endpoint: str) -> dict[str, str]:
+    """The environment a worker subprocess gets: sealed, pointed at LocalStack."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
+    env["AWS_ENDPOINT_URL"] = localstack_endpoint
+    assert_loopback(env["AWS_ENDPOINT_URL"])
+    return env
+
+
+@pytest.fixture
+async def sqs(localstack_endpoint: str) -> AsyncIterator[Any]:
+    """An aiobotocore SQS client on LocalStack, retries off."""
+    from worker.sqs import client_config, create_client
+
+    assert_loopback(os.environ["AWS_ENDPOINT_URL"])
+    async with create_client("sqs", client_config(read_timeout=30)) as client:
+        yield client
+
+
+@pytest.fixture
+async def aws(localstack_endpoint: str) -> AsyncIterator[Callable[[str], Any]]:
+    """Clients for other services (sns, s3, events) on LocalStack, closed after the test."""
+    from contextlib import AsyncExitStack
+
+    from worker.sqs import client_config, create_client
+
+    async with AsyncExitStack() as stack:
+        cache: dict[str, Any] = {}
+
+        async def get(service: str) -> Any:
+            if service not in cache:
+                cache[service] = await stack.enter_async_context(create_client(service, client_config()))
+            return cache[service]
+
+        yield get  # type: ignore[misc]
+
+
+def unique(prefix: str = "t") -> str:
+    """A random resource name."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+QueueFactory = Callable[..., Awaitable[dict[str, str]]]
+
+
+@pytest.fixture
+async def queues(sqs: Any) -> AsyncIterator[QueueFactory]:
+    """Creates a source queue and its DLQ (random names, deleted after the test)."""
+    created: list[str] = []
+
+    async def make(
+        *, fifo: bool = False, max_receive_count: int | None = 20, visibility: int = 30, **attributes: str
+    ) -> dict[str, str]:
+        suffix = ".fifo" if fifo else ""
+        base = unique("q")
+        fifo_attrs = {"FifoQueue": "true"} if fifo else {}
+        dlq = (await sqs.create_queue(QueueName=f"{base}-dlq{suffix}", Attributes=fifo_attrs))["QueueUrl"]
+        created.append(dlq)
+        dlq_arn = (await sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"]))["Attributes"][
+            "QueueArn"
+        ]
+        attrs = {"VisibilityTimeout": str(visibility), **fifo_attrs, **attributes}
+        if max_receive_count is not None:
+            import json
+
+            attrs["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
+            )
+        url = (await sqs.create_queue(QueueName=f"{base}{suffix}", Attributes=attrs))["QueueUrl"]
+        created.append(url)
+        arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"][
+            "QueueArn"
+        ]
+        return {"url": url, "arn": arn, "dlq_url": dlq, "dlq_arn": dlq_arn}
+
+    yield make
+    for url in created:
+        try:
+            await sqs.delete_queue(QueueUrl=url)
+        except Exception:  # noqa: S110 - best-effort cleanup of a throwaway queue
+            pass
