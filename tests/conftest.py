@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import os
 import tempfile
 import uuid
@@ -123,8 +125,6 @@ async def queues(sqs: Any) -> AsyncIterator[QueueFactory]:
         ]
         attrs = {"VisibilityTimeout": str(visibility), **fifo_attrs, **attributes}
         if max_receive_count is not None:
-            import json
-
             attrs["RedrivePolicy"] = json.dumps(
                 {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count}
             )
@@ -137,7 +137,5 @@ async def queues(sqs: Any) -> AsyncIterator[QueueFactory]:
 
     yield make
     for url in created:
-        try:
+        with contextlib.suppress(Exception):  # best-effort cleanup of a throwaway queue
             await sqs.delete_queue(QueueUrl=url)
-        except Exception:  # noqa: S110 - best-effort cleanup of a throwaway queue
-            pass

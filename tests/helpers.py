@@ -26,11 +26,17 @@ class Collecting:
         self.outcomes.append(outcome)
 
 
+_COLLECT: Any = object()
+
+
 @asynccontextmanager
 async def running_worker(
-    queue: dict[str, str], *, sink: Any = None, metrics: Metrics | None = None, **overrides: Any
+    queue: dict[str, str], *, sink: Any = _COLLECT, metrics: Metrics | None = None, **overrides: Any
 ) -> AsyncIterator[Worker]:
-    """A worker on ``queue`` inside this test's task group; drained and stopped on exit."""
+    """A worker on ``queue`` inside this test's task group; drained and stopped on exit.
+
+    ``sink`` defaults to a fresh Collecting sink; ``sink=None`` uses the configured destinations.
+    """
     values: dict[str, Any] = {
         "queue_url": queue["url"],
         "dlq_url": queue["dlq_url"],
@@ -50,7 +56,7 @@ async def running_worker(
             lambda task_status: run_worker(
                 settings,
                 metrics=metrics,
-                sink=sink if sink is not None else Collecting(),
+                sink=Collecting() if sink is _COLLECT else sink,
                 handle_signals=False,
                 task_status=task_status,
             )
@@ -113,3 +119,107 @@ async def depth(sqs: Any, url: str) -> int:
         )
     )["Attributes"]
     return sum(int(v) for v in attrs.values())
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path; (status, body), (0, error) when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+class WorkerProcess:
+    """``python -m worker run`` in a subprocess with its own settings; logs kept in a file."""
+
+    def __init__(self, env: dict[str, str], log_dir: Any, **settings: Any) -> None:
+        import os
+        import sys
+
+        self.port = free_port()
+        values: dict[str, Any] = {
+            "handler": "tests.handlers:scripted",
+            "http_port": self.port,
+            "http_host": "127.0.0.1",
+            "wait_time_seconds": 1,
+            "backoff_base_seconds": 1,
+            "backoff_max_seconds": 2,
+            "queue_metrics_interval_seconds": 1,
+            "log_format": "json",
+        }
+        values.update(settings)
+        self.env = dict(env)
+        for key, value in values.items():
+            self.env[f"WORKER_{key.upper()}"] = ",".join(value) if isinstance(value, list) else str(value)
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
+        self.log_path = log_dir / f"worker-{self.port}.log"
+        self.argv = [sys.executable, "-m", "worker", "run"]
+        self.proc: Any = None
+
+    def start(self) -> WorkerProcess:
+        """Start the process (stdin closed, stderr to the log file)."""
+        import subprocess
+
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self._log, stderr=self._log
+        )
+        return self
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /readyz answers 200 (fails early if the process exits)."""
+
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited {self.proc.returncode}: {self.logs()[-2000:]}")
+            return http_get(self.port, "/readyz", timeout=1)[0] == 200
+
+        await wait_for(ready, timeout=timeout, interval=0.2, what="worker ready")
+
+    def signal(self, signum: int) -> None:
+        """Send a signal."""
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float = 60.0) -> int:
+        """Wait for exit; returns the exit code."""
+        code = await wait_for(lambda: self.proc.poll() is not None, timeout=timeout, what="worker exit")
+        del code
+        self._log.close()
+        return int(self.proc.returncode)
+
+    def logs(self) -> str:
+        """Everything the process logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The JSON log lines, parsed."""
+        out = []
+        for line in self.logs().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def kill(self) -> None:
+        """SIGKILL, if still running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc is not None:
+            self._log.close()

@@ -23,6 +23,8 @@ from .sqs import CALL_ERRORS, error_code
 log = logging.getLogger("worker.consumer")
 
 RECEIVE_MAX = 10
+#: A receive still unanswered this long after its long-poll wait makes the worker not ready.
+POLL_OVERDUE_MARGIN = 5.0
 #: Poll-error backoff: doubles from this, with jitter, up to POLL_BACKOFF_MAX.
 POLL_BACKOFF_BASE = 0.5
 POLL_BACKOFF_MAX = 30.0
@@ -105,6 +107,7 @@ class Consumer:
                 self.slots.release(wanted)
                 return
             sent = anyio.current_time()
+            self.health.poll_begun(index, sent + self.settings.wait_time_seconds + POLL_OVERDUE_MARGIN)
             try:
                 response = await self.client.receive_message(
                     QueueUrl=self.settings.queue_url,
@@ -115,6 +118,7 @@ class Consumer:
                     MessageAttributeNames=["All"],
                 )
             except CALL_ERRORS as exc:
+                self.health.poll_ended(index)
                 self.slots.release(wanted)
                 failures += 1
                 code = error_code(exc)
@@ -132,6 +136,7 @@ class Consumer:
                 with anyio.move_on_after(delay):
                     await self.stopping.wait()
                 continue
+            self.health.poll_ended(index)
             if failures:
                 log.info("receive recovered", extra={"event": "poll_recovered", "after_failures": failures})
             failures = 0

@@ -18,6 +18,16 @@ class Health:
     last_error: str | None = None
     draining: bool = False
     started: bool = False
+    #: poller index -> monotonic time by which its outstanding receive should have answered
+    polls_due: dict[int, float] = field(default_factory=dict)
+
+    def poll_begun(self, poller: int, due: float) -> None:
+        """A receive went out and should answer by ``due`` (long-poll wait plus a margin)."""
+        self.polls_due[poller] = due
+
+    def poll_ended(self, poller: int) -> None:
+        """The poller's receive answered or failed."""
+        self.polls_due.pop(poller, None)
 
     def turned(self) -> None:
         """The poll loop went round (a failed poll counts: an outage must not get the process killed)."""
@@ -49,6 +59,10 @@ class Health:
             return False, "draining"
         if not self.started:
             return False, "starting"
+        now = anyio.current_time()
+        overdue = [due for due in self.polls_due.values() if now > due]
+        if overdue:
+            return False, f"SQS not answering: a receive is {now - min(overdue):.0f}s overdue"
         if not self.last_poll_ok:
             return False, f"SQS unreachable: {self.last_error or 'no successful poll yet'}"
         return True, "polling"

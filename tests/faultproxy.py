@@ -1,0 +1,143 @@
+"""An in-repo TCP fault proxy (no toxiproxy or netem here): latency, resets, blackholes, cut responses.
+
+It runs its own event loop in a thread, so it serves in-process workers and subprocesses alike, and the
+test switches its behaviour at run time by setting attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+
+
+@dataclass
+class Faults:
+    """What the proxy does to new and live connections."""
+
+    blackhole: bool = False  # accept, read, never forward or answer
+    reset_share: float = 0.0  # share of new connections reset at once (RST)
+    latency: float = 0.0  # seconds added before each forwarded chunk
+    cut_response_after: int | None = None  # close a connection after this many response bytes
+
+
+class FaultProxy:
+    """Forwards 127.0.0.1:<port> to a target, applying ``faults``."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.faults = Faults()
+        self.port = 0
+        self.connections = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fault-proxy")
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def endpoint(self) -> str:
+        """The URL to point a client at."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultProxy:
+        """Start listening on a free loopback port."""
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        future.result(timeout=10)
+        return self
+
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def reset_all(self) -> None:
+        """Reset every live connection now."""
+        asyncio.run_coroutine_threadsafe(self._reset_all(), self._loop).result(timeout=10)
+
+    async def _reset_all(self) -> None:
+        for writer in list(self._writers):
+            _rst(writer)
+
+    def stop(self) -> None:
+        """Close everything and stop the thread."""
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            await self._reset_all()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        try:
+            if self.faults.reset_share and random.random() < self.faults.reset_share:
+                _rst(writer)
+                return
+            if self.faults.blackhole:
+                while await reader.read(65536):
+                    pass
+                return
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+            except OSError:
+                _rst(writer)
+                return
+            self._writers.add(up_writer)
+            try:
+                await asyncio.gather(
+                    self._pipe(reader, up_writer, response=False),
+                    self._pipe(up_reader, writer, response=True),
+                )
+            finally:
+                self._writers.discard(up_writer)
+                up_writer.close()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, response: bool
+    ) -> None:
+        sent = 0
+        try:
+            while True:
+                if self.faults.blackhole:
+                    await asyncio.sleep(3600)
+                data = await reader.read(65536)
+                if not data:
+                    break
+                if self.faults.latency:
+                    await asyncio.sleep(self.faults.latency)
+                limit = self.faults.cut_response_after
+                if response and limit is not None and sent + len(data) > limit:
+                    writer.write(data[: max(0, limit - sent)])
+                    await writer.drain()
+                    _rst(writer)
+                    return
+                writer.write(data)
+                await writer.drain()
+                sent += len(data)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            if writer.can_write_eof():
+                with contextlib.suppress(OSError):
+                    writer.write_eof()
+
+
+def _rst(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()

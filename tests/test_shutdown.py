@@ -1,0 +1,121 @@
+"""Shutdown and crashes of a worker subprocess: nothing lost; nothing finished twice on SIGTERM."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import QueueFactory, unique
+from tests.helpers import WorkerProcess, depth, wait_for
+
+pytestmark = [pytest.mark.localstack, pytest.mark.slow]
+
+
+async def load(sqs: Any, url: str, count: int, **fields: Any) -> list[str]:
+    """Send ``count`` scripted messages in batches; return their keys."""
+    import json
+
+    keys = [unique("m") for _ in range(count)]
+    for start in range(0, count, 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps({"key": key, **fields})}
+            for i, key in enumerate(keys[start : start + 10])
+        ]
+        await sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    return keys
+
+
+def journal(path: Path, event: str) -> collections.Counter[str]:
+    """How many times each key logged ``event``."""
+    counts: collections.Counter[str] = collections.Counter()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            kind, _, key = line.partition(" ")
+            if kind == event:
+                counts[key] += 1
+    return counts
+
+
+async def test_sigterm_under_load_loses_nothing_and_finishes_nothing_twice(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGTERM mid-load: exit 0 within the drain budget; every message done exactly once across restarts."""
+    q = await queues(visibility=30)
+    keys = await load(sqs, q["url"], 300, sleep=0.2)
+    env = {**aws_env, "TEST_JOURNAL": str(tmp_path / "journal")}
+    settings = {
+        "queue_url": q["url"],
+        "dlq_url": q["dlq_url"],
+        "concurrency": 20,
+        "shutdown_timeout_seconds": 8,
+    }
+    first = WorkerProcess(env, tmp_path, **settings).start()
+    try:
+        await first.wait_ready()
+        await wait_for(lambda: sum(journal(tmp_path / "journal", "done").values()) >= 40, what="40 done")
+        stopped_at = time.monotonic()
+        first.signal(signal.SIGTERM)
+        assert await first.wait(timeout=20) == 0
+        assert time.monotonic() - stopped_at < 8 + 3
+        done_first = journal(tmp_path / "journal", "done")
+        assert sum(done_first.values()) < len(keys), "the load should outlast the first worker"
+        assert journal(tmp_path / "journal", "start") == done_first, "an in-flight handler did not finish"
+    finally:
+        first.kill()
+    second = WorkerProcess(env, tmp_path, **settings).start()
+    try:
+        await second.wait_ready()
+        await wait_for(
+            lambda: len(journal(tmp_path / "journal", "done")) == len(keys), timeout=60, what="all done"
+        )
+        await wait_for(lambda: _is_empty(sqs, q["url"]), timeout=20, what="queue empty")
+    finally:
+        second.signal(signal.SIGTERM)
+        await second.wait()
+    done = journal(tmp_path / "journal", "done")
+    assert set(done) == set(keys)
+    assert max(done.values()) == 1, [k for k, n in done.items() if n > 1]
+    assert await depth(sqs, q["dlq_url"]) == 0
+
+
+async def _is_empty(sqs: Any, url: str) -> bool:
+    return await depth(sqs, url) == 0
+
+
+async def test_kill_9_and_restart_loses_nothing(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGKILL mid-load then restart: every message done; duplicates bounded by what was in flight."""
+    concurrency = 20
+    q = await queues(visibility=3)
+    keys = await load(sqs, q["url"], 200, sleep=0.1)
+    env = {**aws_env, "TEST_JOURNAL": str(tmp_path / "journal")}
+    settings = {
+        "queue_url": q["url"],
+        "dlq_url": q["dlq_url"],
+        "concurrency": concurrency,
+        "visibility_timeout_seconds": 3,
+    }
+    first = WorkerProcess(env, tmp_path, **settings).start()
+    await first.wait_ready()
+    await wait_for(lambda: sum(journal(tmp_path / "journal", "done").values()) >= 50, what="50 done")
+    first.kill()
+    second = WorkerProcess(env, tmp_path, **settings).start()
+    try:
+        await second.wait_ready()
+        await wait_for(
+            lambda: len(journal(tmp_path / "journal", "done")) == len(keys), timeout=90, what="all done"
+        )
+        await wait_for(lambda: _is_empty(sqs, q["url"]), timeout=30, what="queue empty")
+    finally:
+        second.signal(signal.SIGTERM)
+        await second.wait()
+    done = journal(tmp_path / "journal", "done")
+    assert set(done) == set(keys)
+    duplicates = sum(n - 1 for n in done.values())
+    assert duplicates <= concurrency
