@@ -15,6 +15,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+# A developer can point the suite at a LocalStack already running (`worker localstack`): loopback only.
+_EXISTING_ENDPOINT = os.environ.get("TEST_LOCALSTACK_ENDPOINT")
+
 # --- Seal the environment before anything imports botocore: a real account can never be reached. ---
 for _name in list(os.environ):
     if _name.startswith(("AWS_", "WORKER_")):
@@ -45,6 +48,12 @@ def assert_loopback(endpoint: str) -> None:
 def localstack_endpoint() -> Iterator[str]:
     """One embedded LocalStack per test session (skips locally, fails in CI, when it cannot start)."""
     from worker.localstack import EmbeddedLocalStack
+
+    if _EXISTING_ENDPOINT:
+        assert_loopback(_EXISTING_ENDPOINT)
+        os.environ["AWS_ENDPOINT_URL"] = _EXISTING_ENDPOINT
+        yield _EXISTING_ENDPOINT
+        return
 
     stack = EmbeddedLocalStack()
     try:

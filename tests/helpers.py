@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from worker.app import Worker, run_worker
 from worker.hooks import Outcome
@@ -142,6 +143,11 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, str]:
         return int(exc.code), exc.read().decode()
     except OSError as exc:
         return 0, str(exc)
+
+
+async def http_get_async(port: int, path: str) -> tuple[int, str]:
+    """http_get from a worker thread, so an in-process server on this loop can answer."""
+    return await anyio.to_thread.run_sync(http_get, port, path)
 
 
 class WorkerProcess:

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
+from botocore.exceptions import ClientError
 
 from .deadletter import DeadLetterWriter
 from .errors import ConfigError
@@ -34,14 +35,33 @@ class QueueInfo:
     redrive_max_receive_count: int | None
 
 
+#: Start-up keeps trying an unreachable endpoint this long before giving up (a wrong queue fails at once).
+STARTUP_RETRY_SECONDS = 60.0
+
+
+async def _queue_attributes(client: Any, url: str, field: str) -> dict[str, str]:
+    """GetQueueAttributes(All); a missing queue or denied access is a ConfigError naming ``field``."""
+    delay = 0.5
+    with anyio.move_on_after(STARTUP_RETRY_SECONDS):
+        while True:
+            try:
+                response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+                return dict(response["Attributes"])
+            except ClientError as exc:
+                raise ConfigError(f"{env_name(field)}: cannot read the queue ({error_code(exc)})") from None
+            except CALL_ERRORS as exc:
+                log.warning(
+                    "SQS unreachable at start-up; retrying",
+                    extra={"event": "startup_unreachable", "error": error_code(exc)},
+                )
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise ConfigError(f"{env_name(field)}: SQS endpoint unreachable for {STARTUP_RETRY_SECONDS:.0f}s")
+
+
 async def inspect_queue(client: Any, settings: Settings) -> QueueInfo:
     """Read the source queue's ARN and RedrivePolicy; resolve the DLQ; warn about a weak safety net."""
-    try:
-        attrs = (await client.get_queue_attributes(QueueUrl=settings.queue_url, AttributeNames=["All"]))[
-            "Attributes"
-        ]
-    except CALL_ERRORS as exc:
-        raise ConfigError(f"{env_name('queue_url')}: cannot read the queue ({error_code(exc)})") from None
+    attrs = await _queue_attributes(client, settings.queue_url, "queue_url")
     policy = json.loads(attrs.get("RedrivePolicy") or "null")
     max_receive = int(policy["maxReceiveCount"]) if isinstance(policy, dict) else None
     dlq_url = settings.dlq_url

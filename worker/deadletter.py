@@ -71,7 +71,9 @@ class FailureRecord:
             del data["history"]
         if not data["displaced_attributes"]:
             del data["displaced_attributes"]
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        # ASCII-only: a lone surrogate in an error message cannot be UTF-8 encoded (and SQS rejects
+        # U+FFFE/U+FFFF); escaped, the value is always sendable and reads back identical.
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -100,7 +102,8 @@ def failure_record(
         prior.pop("history", None)
         prior.pop("displaced_attributes", None)
         history = (*previous.history, prior)
-        redrive_count = previous.redrive_count
+        # A record on the incoming message means it was dead-lettered before and redriven since.
+        redrive_count = previous.redrive_count + 1
         original_id = previous.original_message_id
     return FailureRecord(
         error_type=error_type,
@@ -133,6 +136,20 @@ def _decode_attribute(raw: Mapping[str, str]) -> MessageAttribute:
     return MessageAttribute(raw["DataType"], raw.get("StringValue", ""))
 
 
+def _decodable(raw: object) -> bool:
+    if not isinstance(raw, dict) or not isinstance(raw.get("DataType"), str):
+        return False
+    value = raw.get("BinaryValue", raw.get("StringValue", ""))
+    if not isinstance(value, str):
+        return False
+    if "BinaryValue" in raw:
+        try:
+            base64.b64decode(value, validate=True)
+        except ValueError:
+            return False
+    return True
+
+
 def message_size(body: str, attributes: Mapping[str, MessageAttribute]) -> int:
     """Bytes SQS counts for a message: body plus each attribute's name, type and value."""
     return len(body.encode()) + sum(len(name.encode()) + attr.size() for name, attr in attributes.items())
@@ -144,7 +161,8 @@ def build_dead_letter(message: Message, record: FailureRecord, *, fifo: bool) ->
     Raises DeadLetterTooLarge when even a minimal record does not fit: the caller then leaves the
     message on the source queue for the broker's own RedrivePolicy, which moves it unchanged.
     """
-    originals = {k: v for k, v in message.sqs_attributes.items() if k != FAILURE_ATTRIBUTE}
+    # Originals as first received: a redriven message carries its old record (and what it displaced).
+    originals = restore_attributes(message.sqs_attributes)
     kept = dict(sorted(originals.items()))
     displaced: dict[str, Any] = {}
     while len(kept) > MAX_ATTRIBUTES - 1:
@@ -193,11 +211,20 @@ def read_failure(attributes: Mapping[str, MessageAttribute]) -> FailureRecord | 
         return None
     try:
         data = json.loads(attr.value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
         return None
-    data["history"] = tuple(data.get("history", ()))
+    # The attribute arrives off the wire: a malformed record reads as none, never as an exception.
+    history = data.get("history", [])
+    displaced = data.get("displaced_attributes", {})
+    if not isinstance(history, list) or not all(isinstance(item, dict) for item in history):
+        return None
+    if not isinstance(displaced, dict) or not all(_decodable(raw) for raw in displaced.values()):
+        return None
+    if not isinstance(data.get("redrive_count", 0), int):
+        return None
+    data["history"] = tuple(history)
     known = FailureRecord.__dataclass_fields__
     try:
         return FailureRecord(**{k: v for k, v in data.items() if k in known})

@@ -148,9 +148,11 @@ def decide(attempt: Attempt, config: RetryConfig) -> Decision:
         timed_out = attempt.outcome is Outcome.TIMEOUT
         return DeadLetter(Condition.TIMEOUT if timed_out else Condition.RETRIES_EXHAUSTED)
     if attempt.outcome is Outcome.RETRY_LATER:
-        if attempt.retry_later_delay is not None:
-            asked = math.ceil(attempt.retry_later_delay)
-            return RetryAfter(min(asked, visibility_cap(attempt.seconds_since_receive)))
+        asked = attempt.retry_later_delay
+        if asked is not None and not math.isnan(asked):
+            cap = visibility_cap(attempt.seconds_since_receive)
+            # Compare before ceil: math.ceil(inf) raises OverflowError (RetryLater(float("inf")) is legal).
+            return RetryAfter(cap if asked >= cap else max(0, math.ceil(asked)))
     elif attempt.receive_count <= 1 and attempt.immediate_retries_done < config.immediate_retries:
         return RetryNow()
     delay = backoff_delay(attempt.receive_count, attempt.jitter, config)

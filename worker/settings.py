@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     @field_validator("handler")
     @classmethod
     def _handler_path(cls, value: str) -> str:
-        if not HANDLER_PATTERN.match(value):
+        if not HANDLER_PATTERN.fullmatch(value):
             raise ValueError(f"must look like pkg.module:callable, got {value!r}")
         return value
 

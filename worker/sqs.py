@@ -99,11 +99,14 @@ class Batcher:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the flushers until ``close()``, then drain what is queued."""
-        async with anyio.create_task_group() as tg:
-            for _ in range(self._flushers):
-                tg.start_soon(self._flusher, self._receive.clone())
-            self._receive.close()
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(self._flushers):
+                    tg.start_soon(self._flusher, self._receive.clone())
+                self._receive.close()
+                task_status.started()
+        finally:
+            self._send.close()
 
     def close(self) -> None:
         """No more submissions: flushers finish what is queued and return."""

@@ -1,0 +1,257 @@
+"""Settings from WORKER_* variables: defaults in process, and one-line configuration errors from the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from worker.errors import ConfigError
+from worker.settings import Settings, load_settings
+
+QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
+DLQ = "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq"
+HANDLER = "app.handlers:handle"
+GOOD = {"WORKER_QUEUE_URL": QUEUE, "WORKER_HANDLER": HANDLER, "WORKER_DLQ_URL": DLQ}
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A bad environment: changes to GOOD (None removes a variable) and the variable the error must name."""
+
+    changes: dict[str, str | None]
+    names: str
+
+
+BAD: dict[str, Bad] = {
+    "queue url missing": Bad({"WORKER_QUEUE_URL": None}, "WORKER_QUEUE_URL"),
+    "queue url not a url": Bad({"WORKER_QUEUE_URL": "orders"}, "WORKER_QUEUE_URL"),
+    "handler missing": Bad({"WORKER_HANDLER": None}, "WORKER_HANDLER"),
+    "handler without colon": Bad({"WORKER_HANDLER": "app.handlers.handle"}, "WORKER_HANDLER"),
+    "handler without callable": Bad({"WORKER_HANDLER": "app.handlers:"}, "WORKER_HANDLER"),
+    "handler with spaces": Bad({"WORKER_HANDLER": "app handlers:handle"}, "WORKER_HANDLER"),
+    "handler with trailing newline": Bad({"WORKER_HANDLER": "app.handlers:handle\n"}, "WORKER_HANDLER"),
+    "concurrency zero": Bad({"WORKER_CONCURRENCY": "0"}, "WORKER_CONCURRENCY"),
+    "concurrency not a number": Bad({"WORKER_CONCURRENCY": "abc"}, "WORKER_CONCURRENCY"),
+    "concurrency lower-case name": Bad({"worker_concurrency": "0"}, "WORKER_CONCURRENCY"),
+    "timeout negative": Bad({"WORKER_TIMEOUT_SECONDS": "-1"}, "WORKER_TIMEOUT_SECONDS"),
+    "max attempts zero": Bad({"WORKER_MAX_ATTEMPTS": "0"}, "WORKER_MAX_ATTEMPTS"),
+    "immediate retries negative": Bad({"WORKER_IMMEDIATE_RETRIES": "-1"}, "WORKER_IMMEDIATE_RETRIES"),
+    "backoff base above max": Bad(
+        {"WORKER_BACKOFF_BASE_SECONDS": "600", "WORKER_BACKOFF_MAX_SECONDS": "300"},
+        "WORKER_BACKOFF_BASE_SECONDS",
+    ),
+    "visibility above 12 h": Bad(
+        {"WORKER_VISIBILITY_TIMEOUT_SECONDS": "43201"}, "WORKER_VISIBILITY_TIMEOUT_SECONDS"
+    ),
+    "dlq same as queue": Bad({"WORKER_DLQ_URL": QUEUE}, "WORKER_DLQ_URL"),
+    "dlq fifo for standard queue": Bad({"WORKER_DLQ_URL": DLQ + ".fifo"}, "WORKER_DLQ_URL"),
+    "on success bogus": Bad({"WORKER_ON_SUCCESS": "bogus://x"}, "WORKER_ON_SUCCESS"),
+    "on failure bogus in list": Bad({"WORKER_ON_FAILURE": "sqs://ok,bogus://x"}, "WORKER_ON_FAILURE"),
+    "log level unknown": Bad({"WORKER_LOG_LEVEL": "LOUD"}, "WORKER_LOG_LEVEL"),
+    "log format unknown": Bad({"WORKER_LOG_FORMAT": "xml"}, "WORKER_LOG_FORMAT"),
+    "http port too big": Bad({"WORKER_HTTP_PORT": "70000"}, "WORKER_HTTP_PORT"),
+    "two bad variables": Bad({"WORKER_CONCURRENCY": "0", "WORKER_HTTP_PORT": "70000"}, "WORKER_CONCURRENCY"),
+}
+
+
+#: The cases also run through the real CLI, one interpreter each (the rest only in process, for speed).
+CLI_CASES = [
+    "queue url missing",
+    "handler missing",
+    "handler without colon",
+    "concurrency zero",
+    "concurrency not a number",
+    "timeout negative",
+    "max attempts zero",
+    "backoff base above max",
+    "dlq same as queue",
+    "on success bogus",
+    "log level unknown",
+    "http port too big",
+]
+
+
+def sealed_env(empty_file: Path, changes: dict[str, str | None]) -> dict[str, str]:
+    """os.environ without any WORKER_*/AWS_* variable, AWS files empty, IMDS off; then GOOD and changes."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("WORKER_", "AWS_"))}
+    env.update(
+        AWS_CONFIG_FILE=str(empty_file),
+        AWS_SHARED_CREDENTIALS_FILE=str(empty_file),
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    env.update(GOOD)
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished CLI run."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="module")
+def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """Every CLI case of this module, started at once (each is a fresh interpreter) and then collected."""
+    workdir = tmp_path_factory.mktemp("cli")
+    empty = workdir / "empty"
+    empty.write_text("")
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {
+        name: (["run"], sealed_env(empty, BAD[name].changes)) for name in CLI_CASES
+    }
+    commands["no arguments"] = ([], sealed_env(empty, {}))
+    commands["unknown command"] = (["bogus"], sealed_env(empty, {}))
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "worker", *argv],
+            env=env,
+            cwd=workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (argv, env) in commands.items()
+    }
+    runs: dict[str, Run] = {}
+    try:
+        for name, proc in procs.items():
+            stdout, stderr = proc.communicate(timeout=60)
+            runs[name] = Run(proc.returncode, stdout, stderr)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return runs
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_bad_setting_exits_2_with_one_line_naming_it(case: str, cli_runs: dict[str, Run]) -> None:
+    """`worker run` with a bad/missing variable exits 2, one stderr line naming it, no traceback."""
+    run = cli_runs[case]
+    assert run.code == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert BAD[case].names in lines[0]
+    assert lines[0].startswith("worker: configuration error: ")
+    assert run.stdout == ""
+
+
+@pytest.mark.parametrize("case", ["no arguments", "unknown command"])
+def test_cli_without_valid_command_prints_usage(case: str, cli_runs: dict[str, Run]) -> None:
+    """`worker` alone or `worker bogus` exits 2 and prints the usage line."""
+    run = cli_runs[case]
+    assert run.code == 2
+    assert run.stderr.startswith("usage: worker")
+    assert "Traceback" not in run.stderr
+
+
+# --- in process -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """An environment with only GOOD's WORKER_* variables set."""
+    for name in list(os.environ):
+        if name.upper().startswith("WORKER_"):
+            monkeypatch.delenv(name)
+    for name, value in GOOD.items():
+        monkeypatch.setenv(name, value)
+    return monkeypatch
+
+
+def test_documented_defaults(env: pytest.MonkeyPatch) -> None:
+    """With only the required variables set, every documented default applies."""
+    settings = load_settings()
+    assert settings.queue_url == QUEUE
+    assert settings.handler == HANDLER
+    assert settings.dlq_url == DLQ
+    assert settings.concurrency == 50
+    assert settings.timeout_seconds == 30
+    assert settings.max_attempts == 5
+    assert settings.immediate_retries == 1
+    assert settings.http_port == 9102
+    assert settings.visibility_timeout_seconds == 60
+    assert (settings.backoff_base_seconds, settings.backoff_max_seconds) == (2.0, 300.0)
+    assert (settings.pollers, settings.wait_time_seconds) == (2, 10)
+    assert (settings.log_level, settings.log_format, settings.log_bodies) == ("INFO", "json", False)
+    assert settings.handler_version == "unknown"
+    assert settings.on_success == []
+    assert settings.on_failure == []
+    assert settings.is_fifo is False
+
+
+def test_values_are_read_and_converted(env: pytest.MonkeyPatch) -> None:
+    """Numbers, booleans and a lower-case log level are read from WORKER_* and converted."""
+    env.setenv("WORKER_CONCURRENCY", "7")
+    env.setenv("WORKER_TIMEOUT_SECONDS", "2.5")
+    env.setenv("WORKER_MAX_ATTEMPTS", "9")
+    env.setenv("WORKER_IMMEDIATE_RETRIES", "0")
+    env.setenv("WORKER_HTTP_PORT", "0")
+    env.setenv("WORKER_LOG_LEVEL", "debug")
+    env.setenv("WORKER_LOG_BODIES", "true")
+    settings = load_settings()
+    assert (settings.concurrency, settings.timeout_seconds, settings.max_attempts) == (7, 2.5, 9)
+    assert (settings.immediate_retries, settings.http_port) == (0, 0)
+    assert settings.log_level == "DEBUG"
+    assert settings.log_bodies is True
+
+
+def test_on_success_comma_separated_list(env: pytest.MonkeyPatch) -> None:
+    """WORKER_ON_SUCCESS is split on commas, blanks trimmed and empty parts dropped."""
+    other = "https://sqs.us-east-1.amazonaws.com/123456789012/done"
+    env.setenv("WORKER_ON_SUCCESS", f" sqs://orders-done , {other},, ")
+    env.setenv("WORKER_ON_FAILURE", "sqs://orders-failed")
+    settings = load_settings()
+    assert settings.on_success == ["sqs://orders-done", other]
+    assert settings.on_failure == ["sqs://orders-failed"]
+
+
+def test_fifo_pair_accepted(env: pytest.MonkeyPatch) -> None:
+    """A FIFO queue with a FIFO DLQ is a valid pair and is_fifo is set."""
+    env.setenv("WORKER_QUEUE_URL", QUEUE + ".fifo")
+    env.setenv("WORKER_DLQ_URL", DLQ + ".fifo")
+    assert load_settings().is_fifo is True
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_load_settings_raises_config_error_naming_variable(case: str, env: pytest.MonkeyPatch) -> None:
+    """In process, the same bad values raise ConfigError (never ValidationError) naming the variable."""
+    for name, value in BAD[case].changes.items():
+        if value is None:
+            env.delenv(name)
+        else:
+            env.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    text = str(caught.value)
+    assert BAD[case].names in text
+    assert "\n" not in text
+
+
+def test_overrides_beat_environment(env: pytest.MonkeyPatch) -> None:
+    """Keyword overrides to load_settings take precedence over the environment."""
+    env.setenv("WORKER_CONCURRENCY", "3")
+    assert load_settings(concurrency=11).concurrency == 11
+
+
+def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
+    """Settings cannot be changed after loading (they are passed down once)."""
+    settings = load_settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.concurrency = 1
+    assert isinstance(settings, Settings)
