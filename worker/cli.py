@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="a short run with shorter timeouts (used by tests)"
     )
     demo.add_argument("--endpoint", default=None, help="use this running LocalStack instead of starting one")
+    demo.add_argument("--prefix", default="demo", help="name prefix of the resources it creates")
+    demo.add_argument("--summary-json", default=None, metavar="PATH", help="also write the summary as JSON")
     return parser
 
 
@@ -46,7 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import main as demo_main
 
-            return demo_main(messages=args.messages, keep=args.keep, quick=args.quick, endpoint=args.endpoint)
+            return demo_main(
+                messages=args.messages,
+                keep=args.keep,
+                quick=args.quick,
+                endpoint=args.endpoint,
+                prefix=args.prefix,
+                summary_json=args.summary_json,
+            )
     except ConfigError as exc:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2

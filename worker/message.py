@@ -115,10 +115,12 @@ class Message:
         return self._json_cache[0]
 
     def model(self, model: type[ModelT]) -> ModelT:
-        """The payload validated against a pydantic model; raises SchemaError with the reason."""
+        """The payload validated against a pydantic model: SchemaError with the reason, DecodeError if not JSON."""
         try:
             return model.model_validate_json(self.body)
         except ValidationError as exc:
+            if any(error["type"] == "json_invalid" for error in exc.errors()):
+                raise DecodeError(f"body is not valid JSON: {_first_error(exc)}", self.body, exc) from exc
             raise SchemaError(
                 f"payload does not match {model.__name__}: {_first_error(exc)}", self.body, exc
             ) from exc

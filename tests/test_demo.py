@@ -1,0 +1,60 @@
+"""`worker demo --quick` runs to completion and its summary matches what the queues and the bucket hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import unique
+from tests.helpers import depth
+
+pytestmark = [pytest.mark.localstack, pytest.mark.slow]
+
+
+async def test_quick_demo_summary_matches_the_stack(
+    sqs: Any, aws: Any, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The demo exits 0; its summary equals what LocalStack holds; each scenario ends as designed."""
+    prefix = unique("demo")
+    summary_path = tmp_path / "summary.json"
+    argv = [sys.executable, "-m", "worker", "demo", "--quick", "--messages", "120"]
+    argv += [
+        "--endpoint",
+        aws_env["AWS_ENDPOINT_URL"],
+        "--prefix",
+        prefix,
+        "--summary-json",
+        str(summary_path),
+    ]
+    result = subprocess.run(  # noqa: ASYNC221 - the test has nothing else to do meanwhile
+        argv, env=aws_env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "every count matches" in result.stdout
+    summary = json.loads(summary_path.read_text())
+    scenarios = summary["scenarios"]
+    outcomes = summary["outcomes"]
+    assert sum(outcomes.values()) == 120
+    assert outcomes.get("PermanentError", 0) == scenarios.get("poison", 0)
+    assert outcomes.get("SchemaError", 0) == scenarios.get("invalid", 0)
+    assert outcomes.get("DecodeError", 0) == scenarios.get("garbage", 0)
+    assert outcomes.get("Timeout", 0) == scenarios.get("stuck", 0)
+    assert summary["retries_immediate"] >= scenarios.get("blip", 0) + scenarios.get("flaky", 0)
+    assert summary["retries_delayed"] >= scenarios.get("flaky", 0) + scenarios.get("slow", 0)
+    url = (await sqs.get_queue_url(QueueName=f"{prefix}-orders-dlq"))["QueueUrl"]
+    assert await depth(sqs, url) == summary["dead_lettered"] == summary["dlq_messages"]
+    url = (await sqs.get_queue_url(QueueName=f"{prefix}-orders-confirmed"))["QueueUrl"]
+    assert await depth(sqs, url) == summary["succeeded"] == summary["confirmations"]
+    url = (await sqs.get_queue_url(QueueName=f"{prefix}-orders"))["QueueUrl"]
+    assert await depth(sqs, url) == 0
+    s3 = await aws("s3")
+    listed = await s3.list_objects_v2(Bucket=f"{prefix}-failures", Prefix="failed/")
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    assert len(keys) == summary["dead_lettered"] == summary["s3_records"]
+    conditions = {key.split("/")[4] for key in keys}
+    assert conditions <= {"PermanentError", "SchemaError", "DecodeError", "Timeout", "RetriesExhausted"}

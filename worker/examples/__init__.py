@@ -1,0 +1,1 @@
+"""Example handlers shipped with the package (used by `worker demo`)."""
