@@ -115,7 +115,7 @@ class Message:
         return self._json_cache[0]
 
     def model(self, model: type[ModelT]) -> ModelT:
-        """The payload validated against a pydantic model: SchemaError with the reason, DecodeError if not JSON."""
+        """The payload validated by a pydantic model: SchemaError with the reason; DecodeError if not JSON."""
         try:
             return model.model_validate_json(self.body)
         except ValidationError as exc:
