@@ -6,7 +6,8 @@ built once from the committed pins (``localstack/host/requirements.txt``) under
 
 The server runs in a new session (its own process group) under a small watchdog bootstrap: it exits when
 its stdin (a pipe only the parent holds) reaches EOF or when its parent pid changes, so even a SIGKILLed
-parent leaves nothing behind. Only the standard library is used here.
+parent leaves nothing behind. It serves on a socket the parent binds to 127.0.0.1 and hands over, so the
+port cannot be lost to a race and is never exposed beyond loopback. Only the standard library is used here.
 """
 
 from __future__ import annotations
@@ -43,22 +44,33 @@ SERVICES = ("sqs", "sns", "s3", "events", "ssm", "sts")
 MARKER_NAME = ".worker-localstack-installed"
 #: The parent's pid, handed to the watchdog so a parent that died before the child started is noticed.
 PARENT_PID_ENV = "WORKER_LOCALSTACK_PARENT_PID"
+#: The temporary run directory (log, FILESYSTEM_ROOT by default) the watchdog removes if orphaned.
+RUN_DIR_ENV = "WORKER_LOCALSTACK_RUN_DIR"
+#: The inherited listening socket (bound by the parent to 127.0.0.1) that the gateway adopts.
+LISTEN_FD_ENV = "WORKER_LOCALSTACK_LISTEN_FD"
 DEFAULT_REGION = "us-east-1"
 
 _PINS_IN_REPO = Path(__file__).resolve().parents[1] / "localstack" / "host" / "requirements.txt"
 _PINS_RESOURCE = "_data/localstack-host-requirements.txt"
 _STOP_GRACE_SECONDS = 10.0
-_PORT_ATTEMPTS = 3
 _LOG_TAIL_BYTES = 4000
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 # Runs inside the LocalStack venv's interpreter as ``python -I -u <run dir>/watchdog.py``. A daemon
 # thread watches a private copy of stdin for EOF and the parent pid for a change; on either it
 # terminates the whole process group (SIGTERM, then SIGKILL after 5 s). The main thread runs
-# LocalStack as ``python -m localstack.runtime.main`` would.
+# LocalStack as ``python -m localstack.runtime.main`` would. LocalStack's twisted gateway ignores the
+# host of an IPv4 GATEWAY_LISTEN and binds 0.0.0.0, so the bootstrap makes it adopt the loopback
+# socket the parent bound instead (which also leaves no window for anyone to take the port).
 _WATCHDOG = """\
-import os, runpy, signal, sys, threading, time
+import atexit, os, runpy, shutil, signal, socket, sys, threading, time
 _parent = int(os.environ.pop("WORKER_LOCALSTACK_PARENT_PID", "0")) or os.getppid()
+_run_dir = os.environ.pop("WORKER_LOCALSTACK_RUN_DIR", "")
+_orphaned = threading.Event()
+def _remove_run_dir():
+    if _orphaned.is_set() and _run_dir:  # the parent that would have removed it is gone
+        shutil.rmtree(_run_dir, ignore_errors=True)
+atexit.register(_remove_run_dir)
 _fd = os.dup(0)
 _null = os.open(os.devnull, os.O_RDONLY)
 os.dup2(_null, 0)
@@ -75,15 +87,39 @@ def _watch():
     while not _gone.wait(0.5):
         if os.getppid() != _parent:
             break
+    _orphaned.set()
     pgid = os.getpgid(0)
     try:
         os.killpg(pgid, signal.SIGTERM)
         time.sleep(5)
+        _remove_run_dir()
         os.killpg(pgid, signal.SIGKILL)
     finally:
         os._exit(1)
+def _adopt_gateway_socket():
+    from twisted.internet import defer, endpoints
+    fd = int(os.environ.pop("WORKER_LOCALSTACK_LISTEN_FD"))
+    gateway_port = int(os.environ["GATEWAY_LISTEN"].rpartition(":")[2])
+    base = endpoints.TCP4ServerEndpoint
+    class LoopbackTCP4ServerEndpoint(base):
+        def __init__(self, reactor, port, backlog=50, interface=""):
+            super().__init__(reactor, port, backlog, interface or "127.0.0.1")
+        def listen(self, factory):
+            nonlocal fd
+            if self._port != gateway_port or fd < 0:
+                return super().listen(factory)
+            adopted, fd = fd, -1
+            def adopt():
+                try:
+                    os.set_blocking(adopted, False)  # twisted's accept loop requires it
+                    return self._reactor.adoptStreamPort(adopted, socket.AF_INET, factory)
+                finally:
+                    os.close(adopted)
+            return defer.execute(adopt)
+    endpoints.TCP4ServerEndpoint = LoopbackTCP4ServerEndpoint
 threading.Thread(target=_read_until_eof, name="stdin-eof", daemon=True).start()
 threading.Thread(target=_watch, name="parent-watchdog", daemon=True).start()
+_adopt_gateway_socket()
 sys.argv = ["localstack.runtime.main"]
 runpy.run_module("localstack.runtime.main", run_name="__main__", alter_sys=True)
 """
@@ -91,10 +127,6 @@ runpy.run_module("localstack.runtime.main", run_name="__main__", alter_sys=True)
 
 class LocalStackError(WorkerError):
     """The embedded LocalStack could not be installed, started or reached."""
-
-
-class _PortTakenError(LocalStackError):
-    """LocalStack could not bind its port (taken after we checked it was free)."""
 
 
 @dataclass(frozen=True)
@@ -195,20 +227,8 @@ def _build_venv(target: Path, pins: Path, log_path: Path, *, prompt: str) -> Non
             "creating the LocalStack venv",
             log_path,
         )
-        _run_logged(
-            [
-                str(_venv_python(target)),
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "-r",
-                str(pins),
-            ],
-            log,
-            "installing LocalStack",
-            log_path,
-        )
+        pip = [str(_venv_python(target)), "-m", "pip", "install", "--disable-pip-version-check"]
+        _run_logged([*pip, "-r", str(pins)], log, "installing LocalStack", log_path)
 
 
 def _relocate(staging: Path, final: Path) -> None:
@@ -274,19 +294,17 @@ def _tail(path: Path, limit: int = _LOG_TAIL_BYTES) -> str:
     return ("..." if size > limit else "") + text
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _check_port_free(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is fine
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise LocalStackError(f"cannot start LocalStack: 127.0.0.1:{port} is in use ({exc})") from exc
+def _bind_loopback(port: int) -> socket.socket:
+    """Bind and listen on 127.0.0.1:``port`` (0 picks a free one); LocalStack adopts this very socket."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server does: TIME_WAIT is fine
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise LocalStackError(f"cannot start LocalStack: 127.0.0.1:{port} is in use ({exc})") from exc
+    return sock
 
 
 def _child_env(port: int, filesystem_root: Path) -> dict[str, str]:
@@ -309,6 +327,7 @@ def _child_env(port: int, filesystem_root: Path) -> dict[str, str]:
         SKIP_SSL_CERT_DOWNLOAD="1",
         FILESYSTEM_ROOT=str(filesystem_root),
         SQS_ENDPOINT_STRATEGY="path",
+        GATEWAY_SERVER="twisted",  # the server whose listening socket the bootstrap hands over
         PYTHONUNBUFFERED="1",
     )
     env[PARENT_PID_ENV] = str(os.getpid())
@@ -366,20 +385,15 @@ class EmbeddedLocalStack:
         with self._lock:
             if self._proc is not None:
                 raise LocalStackError("this EmbeddedLocalStack is already started")
-            python = ensure_venv()
-            for attempt in range(1, _PORT_ATTEMPTS + 1):
-                try:
-                    self._instance = self._launch(python)
-                    return self._instance
-                except _PortTakenError:
-                    # Someone took the free port we picked before LocalStack bound it: pick another.
-                    if self._port is not None or attempt == _PORT_ATTEMPTS:
-                        raise
-            raise AssertionError("unreachable")  # pragma: no cover
+            # Bind first: a taken port fails at once, before a possible one-minute install, and no one
+            # can take the port between choosing it and LocalStack listening on it.
+            with _bind_loopback(self._port or 0) as listener:
+                python = ensure_venv()
+                self._instance = self._launch(python, listener)
+            return self._instance
 
-    def _launch(self, python: Path) -> LocalStackInstance:
-        port = self._port if self._port is not None else _free_port()
-        _check_port_free(port)
+    def _launch(self, python: Path, listener: socket.socket) -> LocalStackInstance:
+        port = int(listener.getsockname()[1])
         self._run_dir = Path(tempfile.mkdtemp(prefix="worker-localstack-"))
         try:
             filesystem_root = self._state_dir or self._run_dir / "fs"
@@ -388,6 +402,9 @@ class EmbeddedLocalStack:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             watchdog = self._run_dir / "watchdog.py"
             watchdog.write_text(_WATCHDOG, encoding="utf-8")
+            env = _child_env(port, filesystem_root)
+            env[LISTEN_FD_ENV] = str(listener.fileno())
+            env[RUN_DIR_ENV] = str(self._run_dir)
             with log_path.open("wb") as log:
                 self._proc = subprocess.Popen(  # noqa: S603 - our venv's python running our own script
                     [str(python), "-I", "-u", str(watchdog)],
@@ -395,17 +412,18 @@ class EmbeddedLocalStack:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=filesystem_root,
-                    env=_child_env(port, filesystem_root),
+                    env=env,
                     start_new_session=True,
-                    close_fds=True,
+                    pass_fds=(listener.fileno(),),
                 )
+            listener.close()  # LocalStack owns the socket now; our copy would keep the port open after it
             instance = LocalStackInstance(
                 endpoint=f"http://127.0.0.1:{port}", port=port, pid=self._proc.pid, log_path=log_path
             )
             self._wait_healthy(instance)
             self._warm_up(instance)
         except BaseException:
-            self._stop_locked()
+            self._stop_locked(graceful=False)  # a half-started LocalStack has nothing worth saving
             raise
         return instance
 
@@ -413,35 +431,37 @@ class EmbeddedLocalStack:
         """The LocalStack process's exit status if it has exited, else None (also None when not started)."""
         return None if self._proc is None else self._proc.poll()
 
-    def _fail(self, instance: LocalStackInstance, why: str, *, exited: bool = False) -> LocalStackError:
+    def _fail(self, instance: LocalStackInstance, why: str) -> LocalStackError:
         tail = _tail(instance.log_path)
-        port_taken = exited and "address already in use" in tail.lower()
-        kind = _PortTakenError if port_taken else LocalStackError
-        return kind(f"LocalStack (pid {instance.pid}) {why}; log {instance.log_path} ends with:\n{tail}")
+        return LocalStackError(
+            f"LocalStack (pid {instance.pid}) {why}; log {instance.log_path} ends with:\n{tail}"
+        )
 
     def _wait_healthy(self, instance: LocalStackInstance) -> None:
-        assert self._proc is not None  # noqa: S101 - set by start() just before
+        assert self._proc is not None  # noqa: S101 - set by _launch() just before
         deadline = time.monotonic() + self._startup_timeout
         last_error = "no answer yet"
         while True:
             code = self._proc.poll()
             if code is not None:
-                raise self._fail(instance, f"exited with status {code} during start-up", exited=True)
+                raise self._fail(instance, f"exited with status {code} during start-up")
             try:
-                status, body = _http(f"{instance.endpoint}/_localstack/health", timeout=2.0)
+                # Our socket accepts from the start, so a request waits until LocalStack serves it.
+                wait = min(2.0, max(0.1, deadline - time.monotonic()))
+                status, body = _http(f"{instance.endpoint}/_localstack/health", timeout=wait)
                 services = json.loads(body).get("services", {}) if status == 200 else {}
                 states = {name: services.get(name) for name in SERVICES}
-                if all(state == "running" for state in states.values()):
-                    return
-                failed = [name for name, state in states.items() if state == "error"]
-                if failed:
-                    raise self._fail(instance, f"reports services in error: {', '.join(failed)}")
                 last_error = f"HTTP {status}, services {states}"
             except (OSError, ValueError) as exc:
-                last_error = repr(exc)
+                states, last_error = {}, repr(exc)
+            if states and all(state == "running" for state in states.values()):
+                return
+            failed = [name for name, state in states.items() if state == "error"]
+            if failed:
+                raise self._fail(instance, f"reports services in error: {', '.join(failed)}")
             if time.monotonic() >= deadline:
                 raise self._fail(
-                    instance, f"not healthy within {self._startup_timeout:.0f} s (last check: {last_error})"
+                    instance, f"not healthy within {self._startup_timeout:g} s (last check: {last_error})"
                 )
             time.sleep(0.2)
 
@@ -456,16 +476,17 @@ class EmbeddedLocalStack:
     def stop(self) -> None:
         """Terminate the process group (SIGTERM, SIGKILL after 10 s) and remove temp state; idempotent."""
         with self._lock:
-            self._stop_locked()
+            self._stop_locked(graceful=True)
 
-    def _stop_locked(self) -> None:
+    def _stop_locked(self, *, graceful: bool) -> None:
         proc, self._proc, self._instance = self._proc, None, None
         if proc is not None:
             pgid = proc.pid  # session leader: its pid is the group id
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=_STOP_GRACE_SECONDS)
+            if graceful:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=_STOP_GRACE_SECONDS)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
             proc.wait()
