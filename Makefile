@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit localstack demo clean
+.PHONY: help venv test lint unit localstack localstack-venv demo clean
 
 help:
 	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
@@ -25,7 +25,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check worker tests bench
 	$(BIN)/mypy
 
-test: lint
+localstack-venv: $(STAMP)
+	@$(BIN)/python -c 'from worker.localstack import ensure_venv; ensure_venv()'
+
+test: lint localstack-venv
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import unique
 from tests.helpers import depth
 
-pytestmark = [pytest.mark.localstack, pytest.mark.slow]
+pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 async def test_quick_demo_summary_matches_the_stack(
