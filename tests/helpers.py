@@ -65,7 +65,8 @@ async def running_worker(
         try:
             yield worker
         finally:
-            worker.stop()
+            if not worker.stopping.is_set():
+                worker.stop()
 
 
 async def wait_for(

@@ -117,3 +117,21 @@ async def test_unreachable_dlq_keeps_message_and_dead_letters_later_without_reru
     assert record.condition == "PermanentError"
     assert json.loads(entry["Body"])["key"] == key
     assert await depth(sqs, q["url"]) == 0
+
+
+async def test_drain_gives_back_unstarted_fifo_messages_at_once(sqs: Any, queues: QueueFactory) -> None:
+    """Draining: the running FIFO message finishes; the unstarted rest of its group goes back, in order."""
+    q = await queues(fifo=True)
+    run = unique("drain")
+    keys = [f"{run}-{i}" for i in range(3)]
+    await send_fifo(sqs, q["url"], "G", {"key": keys[0], "sleep": 2})
+    for key in keys[1:]:
+        await send_fifo(sqs, q["url"], "G", {"key": key})
+    sink = Collecting()
+    async with running_worker(q, sink=sink) as worker:
+        await wait_for(lambda: handlers.CALLS[keys[0]] == 1, what="first message started")
+        worker.stop()
+    assert [o.condition for o in sink.outcomes] == [Condition.SUCCESS]
+    assert handlers.CALLS[keys[1]] == handlers.CALLS[keys[2]] == 0
+    entries = await drain(sqs, q["url"], expect=2, timeout=10)
+    assert [json.loads(e["Body"])["key"] for e in entries] == keys[1:]

@@ -92,6 +92,7 @@ class Consumer:
     def stop(self) -> None:
         """Stop polling; receives in flight still return and what they bring is given back."""
         self.stopping.set()
+        self.processor.draining = True
 
     async def run(self) -> None:
         """Poll until ``stop()``, then wait for the message tasks (the caller bounds the wait)."""

@@ -94,6 +94,8 @@ class Processor:
             backoff_base_seconds=settings.backoff_base_seconds,
             backoff_max_seconds=settings.backoff_max_seconds,
         )
+        #: Set when the worker drains: messages not yet started (later ones of a FIFO group) go back.
+        self.draining = False
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
         labels = (self.queue, handler.path, settings.handler_version)
         self._processed = {
@@ -119,6 +121,8 @@ class Processor:
                     beats.start_soon(self._beat, scope, message, lease)
                 give_back: int | None = None
                 for message, decode_error in items:
+                    if give_back is None and self.draining:
+                        give_back = 0  # draining: what has not started goes back at once
                     if give_back is not None:
                         await self._release(message, lease, give_back)
                     else:
