@@ -12,6 +12,7 @@ from .message import Message as Message
 from .message import MessageAttribute as MessageAttribute
 from .message import SnsInfo as SnsInfo
 from .policy import Condition as Condition
+from .records import DestinationRecord as DestinationRecord
 
 __all__ = [  # noqa: RUF022 - grouped by purpose, as the docs present them
     # handler API
@@ -27,6 +28,7 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, as the docs present them
     "WorkerError",
     # outcomes and hooks
     "Condition",
+    "DestinationRecord",
     "Outcome",
     # meta
     "__version__",

@@ -73,5 +73,19 @@ def _run() -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    anyio.run(run_worker, settings)
+    try:
+        anyio.run(run_worker, settings)
+    except BaseExceptionGroup as group:
+        raise _sole_error(group) from None
     return 0
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """A task group that failed with one ConfigError (start-up) re-raises it bare, for the one-line report."""
+    configs = group.subgroup(ConfigError)
+    if configs is not None:
+        leaf: BaseException = configs
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        return leaf
+    return group

@@ -77,7 +77,7 @@ class Metrics:
         )
         self.destination_deliveries = Counter(
             "worker_destination_deliveries",
-            "Destination deliveries, by result (ok, failed).",
+            "Destination deliveries, by result (ok, failed, dropped).",
             ["destination", "result"],
             registry=r,
         )
