@@ -1,0 +1,128 @@
+"""Faults while running: the queue disappears, SQS resets connections, logs never leak bodies."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import psutil
+import pytest
+
+from tests.conftest import QueueFactory, unique
+from tests.faultproxy import FaultProxy
+from tests.helpers import WorkerProcess, depth, http_get, send, wait_for
+
+pytestmark = [pytest.mark.localstack, pytest.mark.slow]
+
+
+async def test_queue_deleted_while_running_recovers_without_spinning(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Queue deleted: a clear log line, not ready, low CPU, alive; queue back: it consumes again."""
+    q = await queues()
+    name = q["url"].rsplit("/", 1)[-1]
+    worker = WorkerProcess(aws_env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"]).start()
+    try:
+        await worker.wait_ready()
+        await sqs.delete_queue(QueueUrl=q["url"])
+        await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 503, timeout=20, what="not ready")
+        process = psutil.Process(worker.proc.pid)
+        before = process.cpu_times()
+        started = time.monotonic()
+        await wait_for(lambda: time.monotonic() - started > 3, what="3 s of outage")
+        after = process.cpu_times()
+        cpu = (after.user + after.system) - (before.user + before.system)
+        assert cpu < 0.5 * (time.monotonic() - started), f"spinning: {cpu:.2f} CPU s"
+        assert http_get(worker.port, "/healthz")[0] == 200
+        assert worker.proc.poll() is None
+        failures = [e for e in worker.events() if e.get("event") == "poll_failed"]
+        assert failures, "no log line about the failing receive"
+        assert "NonExistentQueue" in failures[0]["error"] or "QueueDoesNotExist" in failures[0]["error"]
+        await sqs.create_queue(QueueName=name)
+        await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 200, timeout=60, what="ready again")
+        await send(sqs, q["url"], {"key": unique("after")})
+        await wait_for(lambda: _empty(sqs, q["url"]), timeout=30, what="consumed after recovery")
+    finally:
+        worker.kill()
+
+
+async def _empty(sqs: Any, url: str) -> bool:
+    return await depth(sqs, url) == 0
+
+
+async def test_rst_storm_loses_nothing(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """30 % of connections reset while 200 messages flow: all are processed, none dead-lettered."""
+    q = await queues()
+    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
+    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
+    env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
+    keys = [unique("rst") for _ in range(200)]
+    for start in range(0, len(keys), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps({"key": k})}
+            for i, k in enumerate(keys[start : start + 10])
+        ]
+        await sqs.send_message_batch(QueueUrl=q["url"], Entries=entries)
+    worker = WorkerProcess(
+        env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
+    )
+    try:
+        worker.start()
+        await worker.wait_ready()
+        proxy.faults.reset_share = 0.3
+        await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=90, what="every key done")
+        proxy.faults.reset_share = 0.0
+        await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
+        assert await depth(sqs, q["dlq_url"]) == 0
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+        proxy.stop()
+
+
+def _all_done(path: Path, keys: list[str]) -> bool:
+    if not path.exists():
+        return False
+    done = {line.split(" ", 1)[1] for line in path.read_text().splitlines() if line.startswith("done ")}
+    return done >= set(keys)
+
+
+async def test_logs_never_carry_bodies_attributes_or_credentials(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Mixed traffic at the default log level: no body, attribute value or credential in any log line."""
+    q = await queues()
+    secret_body = unique("BODYSECRET")
+    secret_attr = unique("ATTRSECRET")
+    env = {**aws_env, "AWS_SECRET_ACCESS_KEY": "CREDSECRET" + unique("k")}
+    worker = WorkerProcess(env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], max_attempts=2).start()
+    try:
+        await worker.wait_ready()
+        attrs = {"token": {"DataType": "String", "StringValue": secret_attr}}
+        for do in ("ok", "fail", "permanent"):
+            await send(
+                sqs, q["url"], {"key": unique(do), "do": do, "secret": secret_body}, MessageAttributes=attrs
+            )
+        await send(sqs, q["url"], f"not json {secret_body}", MessageAttributes=attrs)
+        await wait_for(lambda: _empty(sqs, q["url"]), timeout=30, what="all handled")
+        await wait_for(lambda: _dlq_has(sqs, q["dlq_url"], 3), timeout=30, what="3 dead-lettered")
+        worker.signal(signal.SIGTERM)
+        await worker.wait()
+    finally:
+        worker.kill()
+    logs = worker.logs()
+    assert "handler failed" in logs
+    assert "dead-lettered" in logs
+    for secret in (secret_body, secret_attr, env["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in logs  # ...without their content
+
+
+async def _dlq_has(sqs: Any, url: str, count: int) -> bool:
+    return await depth(sqs, url) >= count
