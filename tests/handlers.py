@@ -67,3 +67,8 @@ class Order(BaseModel):
 async def typed(order: Order) -> Any:
     """A handler that declares a payload model."""
     return {"sku": order.sku, "quantity": order.quantity}
+
+
+async def echo(message: Message) -> Any:
+    """Decodes the payload as JSON (bad JSON dead-letters) and succeeds."""
+    return {"type": type(message.json()).__name__}
