@@ -23,6 +23,8 @@ class Faults:
     reset_share: float = 0.0  # share of new connections reset at once (RST)
     latency: float = 0.0  # seconds added before each forwarded chunk
     cut_response_after: int | None = None  # close a connection after this many response bytes
+    error_share: float = 0.0  # share of requests answered by the proxy itself with ``error_status``
+    error_status: int = 503  # 503 (server error) or 400 (with a throttling code)
 
 
 class FaultProxy:
@@ -88,11 +90,21 @@ class FaultProxy:
                 while await reader.read(65536):
                     pass
                 return
+            first_head = b""
+            if self.faults.error_share:
+                # One request per connection while errors are injected, so every request gets its draw.
+                first_head = await reader.readuntil(b"\r\n\r\n")
+                if random.random() < self.faults.error_share:
+                    await _answer_error(first_head, reader, writer, self.faults.error_status)
+                    return
+                first_head = _force_close(first_head)
             try:
                 up_reader, up_writer = await asyncio.open_connection(*self.target)
             except OSError:
                 _rst(writer)
                 return
+            if first_head:
+                up_writer.write(first_head)
             self._writers.add(up_writer)
             try:
                 await asyncio.gather(
@@ -136,6 +148,36 @@ class FaultProxy:
             if writer.can_write_eof():
                 with contextlib.suppress(OSError):
                     writer.write_eof()
+
+
+def _force_close(head: bytes) -> bytes:
+    """The request head with ``Connection: close``, so the server ends the connection after answering."""
+    lines = [line for line in head.split(b"\r\n") if line and not line.lower().startswith(b"connection:")]
+    return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
+
+
+async def _answer_error(
+    head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int
+) -> None:
+    """Answer the request whose head was read with an AWS-style error (JSON protocol), then close."""
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    if length:
+        await reader.readexactly(length)
+    if status == 400:
+        body = b'{"__type":"com.amazonaws.sqs#ThrottlingException","message":"Rate exceeded"}'
+        extra = b"x-amzn-query-error: Throttling;Sender\r\n"
+    else:
+        body = b'{"__type":"com.amazonaws.sqs#InternalError","message":"injected"}'
+        extra = b""
+    writer.write(
+        b"HTTP/1.1 %d Error\r\nContent-Type: application/x-amz-json-1.0\r\n%sContent-Length: %d\r\n"
+        b"Connection: close\r\n\r\n%s" % (status, extra, len(body), body)
+    )
+    await writer.drain()
 
 
 def _rst(writer: asyncio.StreamWriter) -> None:

@@ -126,3 +126,43 @@ async def test_logs_never_carry_bodies_attributes_or_credentials(
 
 async def _dlq_has(sqs: Any, url: str, count: int) -> bool:
     return await depth(sqs, url) >= count
+
+
+@pytest.mark.parametrize("status", [503, 400])
+async def test_server_errors_and_throttling_are_counted_and_lose_nothing(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path, status: int
+) -> None:
+    """40 % of requests answered 503 or throttled: every message processed once counted, errors counted."""
+    q = await queues()
+    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
+    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
+    env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
+    keys = [unique("err") for _ in range(100)]
+    for start in range(0, len(keys), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps({"key": k})}
+            for i, k in enumerate(keys[start : start + 10])
+        ]
+        await sqs.send_message_batch(QueueUrl=q["url"], Entries=entries)
+    worker = WorkerProcess(
+        env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
+    )
+    proxy.faults.error_status = status
+    proxy.faults.error_share = 0.4  # from the first connection: pooled connections would dodge it
+    try:
+        worker.start()
+        await worker.wait_ready()
+        await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=90, what="every key done")
+        metrics = http_get(worker.port, "/metrics")[1]
+        proxy.faults.error_share = 0.0
+        await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
+        assert await depth(sqs, q["dlq_url"]) == 0
+        errors = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith("worker_sqs_errors_total{")
+        ]
+        assert sum(errors) > 0, "injected errors were not counted"
+    finally:
+        worker.kill()
+        proxy.stop()

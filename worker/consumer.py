@@ -138,6 +138,9 @@ class Consumer:
                     await self.stopping.wait()
                 continue
             self.health.poll_ended(index)
+            retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            if retried:
+                self.metrics.sqs_errors.labels("ReceiveMessage").inc(retried)
             if failures:
                 log.info("receive recovered", extra={"event": "poll_recovered", "after_failures": failures})
             failures = 0

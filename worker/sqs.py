@@ -143,6 +143,9 @@ class Batcher:
                 for pending in remaining.values():
                     pending.error = code
                 break
+            retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+            if retried:  # botocore retried (throttling, 5xx) before succeeding: still errors worth counting
+                self._metrics.sqs_errors.labels(self._operation).inc(retried)
             for failed in response.get("Failed", []):
                 index = int(failed["Id"])
                 batch[index].error = str(failed.get("Code", "Failed"))
