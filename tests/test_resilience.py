@@ -166,3 +166,54 @@ async def test_server_errors_and_throttling_are_counted_and_lose_nothing(
     finally:
         worker.kill()
         proxy.stop()
+
+
+async def test_lost_lease_is_never_deleted(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Heartbeats blackholed past the lease: the worker does not delete what it lost; it runs again later."""
+    q = await queues(visibility=2)
+    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
+    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
+    env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
+    key = unique("lost")
+    settings = {
+        "queue_url": q["url"],
+        "dlq_url": q["dlq_url"],
+        "visibility_timeout_seconds": 2,
+        "timeout_seconds": 20,
+    }
+    worker = WorkerProcess(env, tmp_path, **settings)
+    try:
+        worker.start()
+        await worker.wait_ready()
+        await send(sqs, q["url"], {"key": key, "sleep": 4})
+        await wait_for(lambda: _count(tmp_path / "journal", "start", key) == 1, what="handler started")
+        proxy.faults.blackhole = True
+        proxy.reset_all()
+        await wait_for(
+            lambda: _count(tmp_path / "journal", "done", key) == 1, timeout=20, what="first run done"
+        )
+        await wait_for(
+            lambda: any(
+                e.get("event") == "lease_lost" and e.get("action") == "delete" for e in worker.events()
+            ),
+            timeout=10,
+            what="lease_lost logged for the delete",
+        )
+        proxy.faults.blackhole = False
+        proxy.reset_all()
+        await wait_for(lambda: _count(tmp_path / "journal", "done", key) == 2, timeout=60, what="second run")
+        await wait_for(lambda: _empty(sqs, q["url"]), timeout=30, what="deleted by the run that held it")
+        metrics = http_get(worker.port, "/metrics")[1]
+        assert 'worker_visibility_extensions_total{queue="' in metrics
+        assert 'result="lease_lost"' in metrics
+    finally:
+        worker.kill()
+        proxy.stop()
+
+
+def _count(path: Path, event: str, key: str) -> int:
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if line == f"{event} {key}")
