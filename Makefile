@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint unit localstack localstack-venv demo clean
+.PHONY: help venv test lint chaos unit localstack localstack-venv demo clean
 
 help:
 	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
 	@echo "make test        lint, type-check and run the whole test suite against an embedded LocalStack"
 	@echo "make lint        ruff + mypy only"
+	@echo "make chaos       the fault-injection suite with 20 kill -9 trials (figures in docs/chaos-results.json)"
 	@echo "make localstack  start the embedded LocalStack in the foreground"
 
 $(STAMP): pyproject.toml constraints/dev.txt
@@ -30,6 +31,10 @@ localstack-venv: $(STAMP)
 
 test: lint localstack-venv
 	$(BIN)/python -m pytest
+
+chaos: $(STAMP) localstack-venv
+	CHAOS_TRIALS=20 CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -q \
+		tests/test_chaos.py tests/test_resilience.py tests/test_shutdown.py tests/test_fuzz.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not localstack"
