@@ -13,7 +13,6 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .health import Health
-from .lease import Lease
 from .message import Message, parse_or_fallback
 from .metrics import Metrics
 from .processor import Processor
@@ -151,30 +150,30 @@ class Consumer:
             if not entries:
                 continue
             self._received.inc(len(entries))
-            lease = Lease.start(sent, self.settings.visibility_timeout_seconds)
             items = [parse_or_fallback(entry, self.settings.queue_url) for entry in entries]
             now = time.time()
             for message, _ in items:
                 if message.sent_at is not None:
                     self._age.observe(max(0.0, now - message.sent_at.timestamp()))
             if self.stopping.is_set():
-                await self._give_back([m for m, _ in items], lease)
+                await self._give_back([m for m, _ in items], sent)
                 return
             for group in group_entries(items, self.settings.is_fifo):
-                work.start_soon(self._run_group, group, lease)
+                work.start_soon(self._run_group, group, sent)
 
-    async def _give_back(self, messages: list[Message], lease: Lease) -> None:
+    async def _give_back(self, messages: list[Message], received_at: float) -> None:
         log.info(
             "giving back messages received while stopping",
             extra={"event": "give_back", "count": len(messages)},
         )
         try:
-            await self.processor.give_back(messages, lease, 0)
+            leases = [self.processor.lease(received_at) for _ in messages]
+            await self.processor.give_back(messages, leases, 0)
         finally:
             self.slots.release(len(messages))
 
-    async def _run_group(self, group: list[tuple[Message, Any]], lease: Lease) -> None:
+    async def _run_group(self, group: list[tuple[Message, Any]], received_at: float) -> None:
         try:
-            await self.processor.run_group(group, lease)
+            await self.processor.run_group(group, received_at)
         finally:
             self.slots.release(len(group))

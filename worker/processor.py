@@ -108,19 +108,26 @@ class Processor:
 
     # -- a group of messages held together (a FIFO group from one receive, or a single message) --
 
-    async def run_group(self, items: Sequence[tuple[Message, DecodeError | None]], lease: Lease) -> None:
-        """Process messages in order, one at a time; after a delayed retry the rest go back with it."""
+    async def run_group(
+        self, items: Sequence[tuple[Message, DecodeError | None]], received_at: float
+    ) -> None:
+        """Process messages in order, one at a time; after a delayed retry the rest go back with it.
+
+        Each message has its own lease (taken at ``received_at``, the time the receive was sent) and its
+        own heartbeat, running until that message is finished.
+        """
+        leases = [self.lease(received_at) for _ in items]
         self._in_flight.inc(len(items))
         done = 0
         try:
             async with anyio.create_task_group() as beats:
                 scopes = []
-                for message, _ in items:
+                for (message, _), lease in zip(items, leases, strict=True):
                     scope = anyio.CancelScope()
                     scopes.append(scope)
                     beats.start_soon(self._beat, scope, message, lease)
                 give_back: int | None = None
-                for message, decode_error in items:
+                for (message, decode_error), lease in zip(items, leases, strict=True):
                     if give_back is None and self.draining:
                         give_back = 0  # draining: what has not started goes back at once
                     if give_back is not None:
@@ -135,7 +142,7 @@ class Processor:
         except anyio.get_cancelled_exc_class():
             # Forced stop (shutdown deadline, second signal): what is unfinished goes back at once.
             with anyio.move_on_after(5, shield=True):
-                await self.give_back([m for m, _ in items[done:]], lease, 0)
+                await self.give_back([m for m, _ in items[done:]], leases[done:], 0)
             raise
         finally:
             self._in_flight.dec(len(items) - done)
@@ -151,10 +158,14 @@ class Processor:
                 self.queue,
             )
 
-    async def give_back(self, items: Sequence[Message], lease: Lease, seconds: int = 0) -> None:
+    def lease(self, received_at: float) -> Lease:
+        """A fresh lease for a message received by a call sent at ``received_at``."""
+        return Lease.start(received_at, self.settings.visibility_timeout_seconds)
+
+    async def give_back(self, items: Sequence[Message], leases: Sequence[Lease], seconds: int = 0) -> None:
         """Release messages unprocessed (shutdown, prefetch): visibility ``seconds``."""
         async with anyio.create_task_group() as tg:
-            for message in items:
+            for message, lease in zip(items, leases, strict=True):
                 tg.start_soon(self._release, message, lease, seconds)
 
     # -- one message --
