@@ -33,7 +33,7 @@ test: lint localstack-venv
 	$(BIN)/python -m pytest
 
 chaos: $(STAMP) localstack-venv
-	CHAOS_TRIALS=20 CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -q \
+	CHAOS_TRIALS=20 CHAOS_OUTAGE_SECONDS=20 CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -q \
 		tests/test_chaos.py tests/test_resilience.py tests/test_shutdown.py tests/test_fuzz.py
 
 unit: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -217,3 +218,57 @@ def _count(path: Path, event: str, key: str) -> int:
     if not path.exists():
         return 0
     return sum(1 for line in path.read_text().splitlines() if line == f"{event} {key}")
+
+
+OUTAGE_SECONDS = float(os.environ.get("CHAOS_OUTAGE_SECONDS", "8"))
+
+
+async def test_outage_then_rst_storm_recovers_by_itself(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SQS blackholed, then 30 % resets: alive, idle CPU, not ready then ready, resumes alone, 0 lost."""
+    q = await queues()
+    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
+    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
+    env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
+    keys = [unique("out") for _ in range(300)]
+    worker = WorkerProcess(
+        env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
+    )
+    try:
+        worker.start()
+        await worker.wait_ready()
+        await _send_keys(sqs, q["url"], keys[:100])
+        proxy.faults.blackhole = True
+        proxy.reset_all()
+        await _send_keys(sqs, q["url"], keys[100:200])  # arrives during the outage
+        await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 503, timeout=30, what="not ready")
+        process = psutil.Process(worker.proc.pid)
+        before, started = process.cpu_times(), time.monotonic()
+        await wait_for(lambda: time.monotonic() - started >= OUTAGE_SECONDS, timeout=OUTAGE_SECONDS + 5)
+        after = process.cpu_times()
+        cpu = (after.user + after.system) - (before.user + before.system)
+        assert cpu < 0.2 * OUTAGE_SECONDS, f"spinning during the outage: {cpu:.2f} CPU s"
+        assert http_get(worker.port, "/healthz")[0] == 200
+        proxy.faults.blackhole = False
+        proxy.faults.reset_share = 0.3
+        proxy.reset_all()
+        await _send_keys(sqs, q["url"], keys[200:])
+        await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 200, timeout=90, what="ready again")
+        await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=120, what="every key done")
+        proxy.faults.reset_share = 0.0
+        await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
+        assert await depth(sqs, q["dlq_url"]) == 0
+        assert worker.proc.poll() is None
+    finally:
+        worker.kill()
+        proxy.stop()
+
+
+async def _send_keys(sqs: Any, url: str, keys: list[str]) -> None:
+    for start in range(0, len(keys), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": json.dumps({"key": k})}
+            for i, k in enumerate(keys[start : start + 10])
+        ]
+        await sqs.send_message_batch(QueueUrl=url, Entries=entries)
