@@ -64,12 +64,7 @@ async def test_rst_storm_loses_nothing(
     proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
     env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
     keys = [unique("rst") for _ in range(200)]
-    for start in range(0, len(keys), 10):
-        entries = [
-            {"Id": str(i), "MessageBody": json.dumps({"key": k})}
-            for i, k in enumerate(keys[start : start + 10])
-        ]
-        await sqs.send_message_batch(QueueUrl=q["url"], Entries=entries)
+    await _send_keys(sqs, q["url"], keys)
     worker = WorkerProcess(
         env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
     )
@@ -139,12 +134,7 @@ async def test_server_errors_and_throttling_are_counted_and_lose_nothing(
     proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
     env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
     keys = [unique("err") for _ in range(100)]
-    for start in range(0, len(keys), 10):
-        entries = [
-            {"Id": str(i), "MessageBody": json.dumps({"key": k})}
-            for i, k in enumerate(keys[start : start + 10])
-        ]
-        await sqs.send_message_batch(QueueUrl=q["url"], Entries=entries)
+    await _send_keys(sqs, q["url"], keys)
     worker = WorkerProcess(
         env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
     )

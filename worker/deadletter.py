@@ -58,6 +58,8 @@ class FailureRecord:
     sent_at: str | None = None
     worker_version: str = __version__
     redrive_count: int = 0
+    #: Set by ``worker redrive`` on the copy it sends (whose redrive_count it already raised).
+    redriven_at: str | None = None
     history: tuple[dict[str, Any], ...] = ()
     displaced_attributes: Mapping[str, Any] = field(default_factory=dict)
     v: int = FORMAT_VERSION
@@ -71,6 +73,8 @@ class FailureRecord:
             del data["history"]
         if not data["displaced_attributes"]:
             del data["displaced_attributes"]
+        if data["redriven_at"] is None:
+            del data["redriven_at"]
         # ASCII-only: a lone surrogate in an error message cannot be UTF-8 encoded (and SQS rejects
         # U+FFFE/U+FFFF); escaped, the value is always sendable and reads back identical.
         return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
@@ -101,9 +105,12 @@ def failure_record(
         prior = asdict(previous)
         prior.pop("history", None)
         prior.pop("displaced_attributes", None)
+        if prior.get("redriven_at") is None:
+            prior.pop("redriven_at", None)
         history = (*previous.history, prior)
-        # A record on the incoming message means it was dead-lettered before and redriven since.
-        redrive_count = previous.redrive_count + 1
+        # A record on the incoming message means it was dead-lettered before and redriven since;
+        # ``worker redrive`` counts its own moves (redriven_at set), other moves are counted here.
+        redrive_count = previous.redrive_count + (0 if previous.redriven_at else 1)
         original_id = previous.original_message_id
     return FailureRecord(
         error_type=error_type,
