@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--endpoint", default=None, help="use this running LocalStack instead of starting one")
     demo.add_argument("--prefix", default="demo", help="name prefix of the resources it creates")
     demo.add_argument("--summary-json", default=None, metavar="PATH", help="also write the summary as JSON")
+    from .redrive_cli import add_dlq_parser, add_redrive_parser
+
+    add_dlq_parser(sub)
+    add_redrive_parser(sub)
     return parser
 
 
@@ -56,6 +60,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prefix=args.prefix,
                 summary_json=args.summary_json,
             )
+        if args.command in ("dlq", "redrive"):
+            from .redrive_settings import load_tool_settings
+
+            tool_settings = load_tool_settings()
+            if args.command == "dlq":
+                from .dlq import main as dlq_main
+
+                return dlq_main(args, tool_settings)
+            from .redrive import main as redrive_main
+
+            return redrive_main(args, tool_settings)
     except ConfigError as exc:
         print(f"worker: configuration error: {exc}", file=sys.stderr)
         return 2
