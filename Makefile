@@ -22,14 +22,15 @@ $(STAMP): pyproject.toml constraints/dev.txt
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests bench
-	$(BIN)/ruff format --check worker tests bench
+	$(BIN)/ruff check worker tests bench tools localstack/init
+	$(BIN)/ruff format --check worker tests bench tools localstack/init
 	$(BIN)/mypy
 
 localstack-venv: $(STAMP)
 	@$(BIN)/python -c 'from worker.localstack import ensure_venv; ensure_venv()'
 
 test: lint localstack-venv
+	@scripts/ensure-promtool
 	$(BIN)/python -m pytest
 
 chaos: $(STAMP) localstack-venv
@@ -37,6 +38,7 @@ chaos: $(STAMP) localstack-venv
 		tests/test_chaos.py tests/test_resilience.py tests/test_shutdown.py tests/test_fuzz.py
 
 unit: $(STAMP)
+	@scripts/ensure-promtool
 	$(BIN)/python -m pytest -m "not localstack"
 
 localstack: $(STAMP)

@@ -19,6 +19,7 @@ from .health import Health
 from .hooks import NullSink, OutcomeSink
 from .http import HttpServer
 from .metrics import Metrics
+from .permissions import log_missing_permissions
 from .processor import Processor
 from .settings import Settings, env_name
 from .sqs import CALL_ERRORS, Batcher, client_config, create_client, error_code
@@ -143,6 +144,7 @@ async def run_worker(
         from .destinations import build_sink
 
         async with anyio.create_task_group() as services:
+            services.start_soon(log_missing_permissions, settings, info.arn, info.dlq_url)
             if sink is None:
                 sink = await services.start(build_sink, settings, metrics)
             worker = Worker(settings, client, metrics, health, info, handler_path=handler.path)
