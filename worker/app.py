@@ -141,6 +141,7 @@ async def run_worker(
     config = client_config(read_timeout=settings.wait_time_seconds + 15, pool=pool)
     async with create_client("sqs", config) as client:
         info = await inspect_queue(client, settings)
+        health.poll_succeeded()  # SQS just answered: ready without waiting for the first long poll to return
         from .destinations import build_sink
 
         async with anyio.create_task_group() as services:
