@@ -111,7 +111,11 @@ async def _trial(
     finally:
         second.kill()
     done = _journal(journal)["done"]
+    # Read the whole DLQ: a copy sent twice (killed between the DLQ send and the delete) is a duplicate,
+    # and must not stand in for a missing poison message.
     entries = await drain(sqs, q["dlq_url"], expect=len(poison), timeout=30)
+    while await depth(sqs, q["dlq_url"]):
+        entries += await drain(sqs, q["dlq_url"], expect=1, timeout=10)
     dead: collections.Counter[str] = collections.Counter()
     for entry in entries:
         record = read_failure(parse_sqs_attributes(entry.get("MessageAttributes")))
