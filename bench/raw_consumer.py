@@ -1,0 +1,104 @@
+"""The baseline: the minimal aiobotocore loop a user would write by hand (run as a subprocess).
+
+Each of P pollers: ReceiveMessage (10, the same attributes and visibility as the worker asks for) ->
+the handler on every message at once -> DeleteMessageBatch -> again. No retries, no DLQ, no leases, no
+metrics: the ceiling a consumer can reach. Configured by the environment (``BENCH_*``, ``AWS_*``); prints
+``ready`` once its client is open and, on SIGTERM, one JSON line with the number of messages it deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+Handler = Callable[[dict[str, Any]], Awaitable[None]] | None
+
+
+def _latency_handler(path: str) -> Handler:
+    out = open(path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+
+    async def latency(entry: dict[str, Any]) -> None:
+        started = time.time()
+        sent = float(json.loads(entry["Body"])["t"])
+        out.write(f"{started - sent:.6f} {entry['MessageId']}\n")
+        out.flush()
+
+    return latency
+
+
+async def _sleep50(entry: dict[str, Any]) -> None:
+    await asyncio.sleep(0.05)
+
+
+def handler_named(name: str) -> Handler:
+    """``noop`` (nothing is called), ``sleep50`` or ``latency``."""
+    if name == "noop":
+        return None
+    if name == "sleep50":
+        return _sleep50
+    if name == "latency":
+        return _latency_handler(os.environ["BENCH_LATENCY_FILE"])
+    raise SystemExit(f"unknown handler {name!r}")
+
+
+async def poller(
+    client: Any, url: str, wait: int, visibility: int, handler: Handler, done: list[int]
+) -> None:
+    """Receive, handle, delete, until cancelled."""
+    while True:
+        response = await client.receive_message(
+            QueueUrl=url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait,
+            VisibilityTimeout=visibility,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        entries = response.get("Messages", [])
+        if not entries:
+            continue
+        if handler is not None:
+            await asyncio.gather(*(handler(entry) for entry in entries))
+        await client.delete_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "ReceiptHandle": e["ReceiptHandle"]} for i, e in enumerate(entries)],
+        )
+        done[0] += len(entries)
+
+
+async def main() -> None:
+    """Run P pollers until SIGTERM."""
+    url = os.environ["BENCH_QUEUE_URL"]
+    pollers = int(os.environ.get("BENCH_POLLERS", "2"))
+    wait = int(os.environ.get("BENCH_WAIT_SECONDS", "5"))
+    visibility = int(os.environ.get("BENCH_VISIBILITY_SECONDS", "60"))
+    handler = handler_named(os.environ.get("BENCH_HANDLER", "noop"))
+    config = AioConfig(max_pool_connections=max(10, pollers * 2), read_timeout=wait + 15)
+    done = [0]
+    async with get_session().create_client("sqs", config=config) as client:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        tasks = [
+            asyncio.ensure_future(poller(client, url, wait, visibility, handler, done))
+            for _ in range(pollers)
+        ]
+        print("ready", flush=True)
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    print(json.dumps({"deleted": done[0]}), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.exit(0)
