@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint chaos unit localstack localstack-venv demo clean
+.PHONY: help venv test lint chaos audit unit localstack localstack-venv demo clean
 
 help:
 	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
@@ -12,6 +12,7 @@ help:
 	@echo "make lint        ruff + mypy only"
 	@echo "make chaos       the fault-injection suite with 20 kill -9 trials (figures in docs/chaos-results.json)"
 	@echo "make localstack  start the embedded LocalStack in the foreground"
+	@echo "make audit       pip-audit of the locked dependencies"
 
 $(STAMP): pyproject.toml constraints/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -36,6 +37,11 @@ test: lint localstack-venv
 chaos: $(STAMP) localstack-venv
 	CHAOS_TRIALS=20 CHAOS_OUTAGE_SECONDS=20 CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -q \
 		tests/test_chaos.py tests/test_resilience.py tests/test_shutdown.py tests/test_fuzz.py
+
+audit: $(STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip-audit
+	grep -v '^-e' constraints/dev.txt > $(VENV)/audit-requirements.txt
+	$(BIN)/pip-audit --no-deps --disable-pip -r $(VENV)/audit-requirements.txt
 
 unit: $(STAMP)
 	@scripts/ensure-promtool
