@@ -219,13 +219,16 @@ def unwrap_sns(raw_body: str) -> tuple[str, SnsInfo, dict[str, MessageAttribute]
     return payload, info, parse_sns_attributes(doc.get("MessageAttributes"))
 
 
-def parse_message(entry: Mapping[str, Any], queue_url: str) -> Message:
-    """Build a Message from one ReceiveMessage entry; raises DecodeError for a malformed SNS envelope."""
+def parse_message(entry: Mapping[str, Any], queue_url: str, *, unwrap: bool = True) -> Message:
+    """Build a Message from one ReceiveMessage entry; raises DecodeError for a malformed SNS envelope.
+
+    With ``unwrap=False`` the body is taken as it is (the fallback for an envelope that cannot be decoded).
+    """
     raw_body = str(entry.get("Body", ""))
     sqs_attributes = parse_sqs_attributes(entry.get("MessageAttributes"))
     system = {str(k): str(v) for k, v in (entry.get("Attributes") or {}).items()}
     body, sns, attributes = raw_body, None, sqs_attributes
-    unwrapped = unwrap_sns(raw_body)
+    unwrapped = unwrap_sns(raw_body) if unwrap else None
     if unwrapped is not None:
         body, sns, sns_attributes = unwrapped
         attributes = {**sqs_attributes, **sns_attributes}
@@ -247,18 +250,4 @@ def parse_or_fallback(entry: Mapping[str, Any], queue_url: str) -> tuple[Message
     try:
         return parse_message(entry, queue_url), None
     except DecodeError as exc:
-        sqs_attributes = parse_sqs_attributes(entry.get("MessageAttributes"))
-        raw_body = str(entry.get("Body", ""))
-        message = Message(
-            id=str(entry["MessageId"]),
-            receipt_handle=str(entry["ReceiptHandle"]),
-            raw_body=raw_body,
-            body=raw_body,
-            queue_url=queue_url,
-            attributes=MappingProxyType(sqs_attributes),
-            system_attributes=MappingProxyType(
-                {str(k): str(v) for k, v in (entry.get("Attributes") or {}).items()}
-            ),
-            sqs_attributes=MappingProxyType(sqs_attributes),
-        )
-        return message, exc
+        return parse_message(entry, queue_url, unwrap=False), exc
