@@ -75,6 +75,7 @@ async def test_kill_9_trials_lose_nothing(
     figures = [await _trial(trial, sqs, queues, aws_env, tmp_path) for trial in range(TRIALS)]
     report = os.environ.get("CHAOS_REPORT")
     if report:
+        await anyio.Path(report).parent.mkdir(parents=True, exist_ok=True)
         await anyio.Path(report).write_text(json.dumps(figures, indent=2))
 
 
