@@ -5,6 +5,9 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+#: The consumers that are the worker (as shipped, a candidate source tree, on uvloop).
+WORKERS = ("worker", "worker-candidate", "worker-uvloop")
+
 
 def median_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median throughput, with every repetition's figures attached."""
@@ -22,7 +25,7 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
     """Every ratio the issue's targets name, for each worker variant, from this run's figures."""
     by = {(r["consumer"], r["handler"]): r for r in results["throughput"]}
     out: dict[str, Any] = {}
-    for w in ("worker", "worker-uvloop"):
+    for w in WORKERS:
         key = w.replace("-", "_")
         out[f"{key}_vs_raw_throughput_noop"] = paired(by, (w, "noop"), ("raw", "noop"), "msgs_per_s")
         out[f"{key}_vs_raw_cpu_noop"] = paired(by, (w, "noop"), ("raw", "noop"), "cpu_s_per_1k")
@@ -53,7 +56,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     r = results["ratios"]
     fauxqs = results["emulator"].startswith("fauxqs")
     rows: list[dict[str, Any]] = []
-    for w in ("worker", "worker-uvloop"):
+    for w in WORKERS:
         if w not in results["consumers"]:
             continue
         k = w.replace("-", "_")

@@ -47,7 +47,7 @@ ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 FAUXQS_DIR = BENCH_DIR / "fauxqs"
 
-CONSUMERS = ("raw", "worker", "worker-uvloop", "sqs-consumer")
+CONSUMERS = ("raw", "worker", "worker-candidate", "worker-uvloop", "sqs-consumer")
 HANDLERS = ("noop", "sleep50")
 #: Body size of the preloaded messages, as the issue asks.
 BODY_BYTES = 200
@@ -459,9 +459,10 @@ class Bench:
             **extra,
         )
         http_port = None
+        cwd = ROOT
         if name == "raw":
             argv = [sys.executable, str(BENCH_DIR / "raw_consumer.py")]
-        elif name in ("worker", "worker-uvloop"):
+        elif name in ("worker", "worker-candidate", "worker-uvloop"):
             http_port = free_port()
             env.update(
                 WORKER_QUEUE_URL=queue.url,
@@ -479,6 +480,9 @@ class Bench:
             argv = [sys.executable, *self.args.worker_command.split()]
             if name == "worker-uvloop":
                 argv = [sys.executable, str(BENCH_DIR / "worker_uvloop.py")]
+            if name == "worker-candidate":  # the same command in another source tree (a patch to compare)
+                cwd = Path(self.args.candidate_src).resolve()
+                env["PYTHONPATH"] = str(cwd)
         elif name == "sqs-consumer":
             if self.node is None:
                 raise RuntimeError("node is not available")
@@ -489,7 +493,7 @@ class Bench:
         out, err = self.workdir / f"{stem}.out", self.workdir / f"{stem}.err"
         with out.open("wb") as stdout, err.open("wb") as stderr:
             proc = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
+                argv, cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL
             )
         return ConsumerProcess(name, proc, out, err, http_port=http_port)
 
@@ -703,10 +707,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--soak", action="store_true", help="run the worker soak instead of the comparison")
     p.add_argument("--soak-messages", type=int, default=100_000)
     p.add_argument("--soak-concurrent", type=int, default=1000)
+    p.add_argument("--soak-worker", choices=("worker", "worker-candidate"), default="worker")
     p.add_argument("--drain-timeout", type=float, default=300.0, help="seconds one drain may take")
     p.add_argument("--node", default=None, help="node binary for sqs-consumer (default: node on PATH)")
     p.add_argument(
         "--worker-command", default="-m worker run", help="arguments after the python of the worker"
+    )
+    p.add_argument(
+        "--candidate-src",
+        default=None,
+        metavar="DIR",
+        help="a source tree (e.g. this repo with a patch applied) run as the worker-candidate consumer",
     )
     p.add_argument("--output", default=None, help="results JSON (default bench/results/<date>.json)")
     p.add_argument("--profile", default=None, metavar="DIR", help="py-spy the Python consumers into DIR")
@@ -721,6 +732,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.soak_messages = min(args.soak_messages, 10_000)
         args.soak_concurrent = min(args.soak_concurrent, 200)
     args.consumers = [c for c in args.consumers.split(",") if c]
+    if "worker-candidate" in args.consumers and not args.candidate_src:
+        p.error("worker-candidate needs --candidate-src DIR")
     if "worker-uvloop" in args.consumers and not _importable("uvloop"):
         log("uvloop is not installed: skipping worker-uvloop")
         args.consumers.remove("worker-uvloop")

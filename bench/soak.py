@@ -43,7 +43,7 @@ async def steady_flow(bench: Bench, total: int) -> dict[str, Any]:
     samples: list[tuple[float, int, int]] = []  # (seconds, rss, messages still to process)
     try:
         await bench.preload(queue.url, sent)
-        consumer = bench.spawn("worker", queue, "noop", extra={})
+        consumer = bench.spawn(bench.args.soak_worker, queue, "noop", extra={})
         try:
             await consumer.wait_ready()
             started = time.perf_counter()
@@ -93,7 +93,11 @@ async def concurrent_handlers(bench: Bench, concurrency: int) -> dict[str, Any]:
     try:
         await bench.preload(queue.url, count)
         consumer = bench.spawn(
-            "worker", queue, "sleep1", concurrency=concurrency, extra={"BENCH_STATS_FILE": str(stats)}
+            bench.args.soak_worker,
+            queue,
+            "sleep1",
+            concurrency=concurrency,
+            extra={"BENCH_STATS_FILE": str(stats)},
         )
         try:
             await consumer.wait_ready()
