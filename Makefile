@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint chaos audit unit localstack localstack-venv demo clean
+.PHONY: help venv test lint chaos bench audit unit localstack localstack-venv demo clean
 
 help:
 	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
@@ -37,6 +37,9 @@ test: lint localstack-venv
 chaos: $(STAMP) localstack-venv
 	CHAOS_TRIALS=20 CHAOS_OUTAGE_SECONDS=20 CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -q \
 		tests/test_chaos.py tests/test_resilience.py tests/test_shutdown.py tests/test_fuzz.py
+
+bench: $(STAMP) localstack-venv
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 audit: $(STAMP)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip-audit

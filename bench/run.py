@@ -526,7 +526,7 @@ class Bench:
         queue = await self.make_queue(f"{name}-{handler}")
         try:
             preload_rate = await self.preload(queue.url, count)
-            concurrency = self.args.io_concurrency if handler == "sleep50" else None
+            concurrency = self.args.io_concurrency if handler == "sleep50" else self.args.concurrency
             consumer = self.spawn(name, queue, handler, concurrency=concurrency, extra={})
             profiler = None
             try:
@@ -689,6 +689,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--io-messages", type=int, default=5_000, help="N per drain with the 50 ms handler")
     p.add_argument("--pollers", "-p", type=int, default=2, help="P: pollers / consumers (default 2)")
     p.add_argument("--io-concurrency", type=int, default=200, help="worker concurrency, 50 ms handler")
+    p.add_argument("--concurrency", type=int, default=None, help="worker concurrency, no-op (default 50)")
     p.add_argument("--wait", type=int, default=5, help="long-poll wait of every consumer, seconds")
     p.add_argument("--repeat", type=int, default=3, help="repetitions of each drain (median reported)")
     p.add_argument(

@@ -94,11 +94,13 @@ async def _trial(
     }
     good, poison = await _load(sqs, q["url"], MESSAGES)
     first = WorkerProcess(env, tmp_path, **settings).start()
-    await first.wait_ready()
     target = random.randint(MESSAGES // 10, MESSAGES // 2)
-    await wait_for(lambda: sum(_journal(journal)["start"].values()) >= target, timeout=120, what="load")
-    killed_at = time.monotonic()
-    first.kill()
+    try:
+        await first.wait_ready()
+        await wait_for(lambda: sum(_journal(journal)["start"].values()) >= target, timeout=120, what="load")
+    finally:
+        killed_at = time.monotonic()
+        first.kill()
     done_at_kill = sum(_journal(journal)["done"].values())
     second = WorkerProcess(env, tmp_path, **settings).start()
     try:

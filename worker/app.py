@@ -49,7 +49,14 @@ async def _queue_attributes(client: Any, url: str, field: str) -> dict[str, str]
                 response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
                 return dict(response["Attributes"])
             except ClientError as exc:
-                raise ConfigError(f"{env_name(field)}: cannot read the queue ({error_code(exc)})") from None
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400)
+                code = error_code(exc)
+                if status < 500 and "Throttl" not in code:  # wrong queue or access: say so now
+                    raise ConfigError(f"{env_name(field)}: cannot read the queue ({code})") from None
+                log.warning(
+                    "SQS error at start-up; retrying",
+                    extra={"event": "startup_unreachable", "error": error_code(exc)},
+                )
             except CALL_ERRORS as exc:
                 log.warning(
                     "SQS unreachable at start-up; retrying",
