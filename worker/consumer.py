@@ -13,7 +13,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .health import Health
-from .message import Message, parse_or_fallback
+from .message import Message, parse_or_fallback, sent_timestamp_ms
 from .metrics import Metrics
 from .processor import Processor
 from .settings import Settings
@@ -37,12 +37,15 @@ class Slots:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
-        self._freed = anyio.Event()
+        #: Set by release() while a poller waits for capacity (None: nobody waits, nothing to wake).
+        self._freed: anyio.Event | None = None
 
     async def reserve(self, most: int, health: Health) -> int:
         """Wait for at least one free slot, then take up to ``most``."""
         while self.used >= self.limit:
             health.turned()  # waiting for capacity is a healthy loop
+            if self._freed is None:
+                self._freed = anyio.Event()
             with anyio.move_on_after(1.0):
                 await self._freed.wait()
         taken = min(most, self.limit - self.used)
@@ -54,8 +57,9 @@ class Slots:
         if count <= 0:
             return
         self.used -= count
-        self._freed.set()
-        self._freed = anyio.Event()
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None
 
 
 def group_entries(items: Sequence[tuple[Message, Any]], fifo: bool) -> list[list[tuple[Message, Any]]]:
@@ -66,6 +70,16 @@ def group_entries(items: Sequence[tuple[Message, Any]], fifo: bool) -> list[list
     for item in items:
         groups.setdefault(item[0].group_id or "", []).append(item)
     return list(groups.values())
+
+
+class _Runner:
+    """An idle runner's mailbox: ``item`` is set, then ``ready``; ready with no item means "stop"."""
+
+    __slots__ = ("item", "ready")
+
+    def __init__(self) -> None:
+        self.item: tuple[list[tuple[Message, Any]], float] | None = None
+        self.ready = anyio.Event()
 
 
 class Consumer:
@@ -82,11 +96,13 @@ class Consumer:
         self.queue = processor.queue
         self.slots = Slots(settings.concurrency)
         self.stopping = anyio.Event()
+        #: Runners waiting for their next group (LIFO), and whether they may wait any more.
+        self._idle: list[_Runner] = []
+        self._retired = False
         self._received = metrics.received.labels(self.queue)
         self._age = metrics.message_age.labels(self.queue)
         self._last_poll = metrics.last_poll_success.labels(self.queue)
         metrics.concurrency_limit.labels(self.queue).set(settings.concurrency)
-        metrics.in_flight.labels(self.queue).set(0)
 
     def stop(self) -> None:
         """Stop polling; receives in flight still return and what they bring is given back."""
@@ -95,9 +111,53 @@ class Consumer:
 
     async def run(self) -> None:
         """Poll until ``stop()``, then wait for the message tasks (the caller bounds the wait)."""
-        async with anyio.create_task_group() as work:
-            for index in range(self.settings.pollers):
-                work.start_soon(self._poll, work, index)
+        async with anyio.create_task_group() as service:
+            # Heartbeats outlive the message tasks (they extend leases while in-flight work drains).
+            await service.start(self.processor.heartbeats.run)
+            async with anyio.create_task_group() as work:
+                async with anyio.create_task_group() as pollers:
+                    for index in range(self.settings.pollers):
+                        pollers.start_soon(self._poll, work, index)
+                self._retire_idle_runners()  # no more groups will come: idle runners end
+            service.cancel_scope.cancel()
+
+    def _dispatch(self, work: TaskGroup, group: list[tuple[Message, Any]], received_at: float) -> None:
+        """Hand a group to an idle runner, or start a runner for it (their number stays under the limit)."""
+        if self._idle:
+            runner = self._idle.pop()
+            runner.item = (group, received_at)
+            runner.ready.set()
+        else:
+            work.start_soon(self._runner, group, received_at)
+
+    async def _runner(self, group: list[tuple[Message, Any]], received_at: float) -> None:
+        """Runs groups one after another, idling between them, so a message costs no task of its own."""
+        runner = _Runner()
+        item: tuple[list[tuple[Message, Any]], float] | None = (group, received_at)
+        try:
+            while item is not None:
+                await self._run_group(*item)
+                if self._retired:
+                    return
+                runner.item, runner.ready = None, anyio.Event()
+                self._idle.append(runner)
+                await runner.ready.wait()
+                item = runner.item
+        except anyio.get_cancelled_exc_class():
+            if runner in self._idle:
+                self._idle.remove(runner)
+            elif runner.item is not None and runner.item is not item:
+                # Cancelled between being handed a group and starting it: hand the messages back.
+                orphan, at = runner.item
+                with anyio.move_on_after(5, shield=True):
+                    await self._give_back([m for m, _ in orphan], at)
+            raise
+
+    def _retire_idle_runners(self) -> None:
+        self._retired = True
+        while self._idle:
+            runner = self._idle.pop()
+            runner.ready.set()  # item None: the runner returns
 
     async def _poll(self, work: TaskGroup, index: int) -> None:
         failures = 0
@@ -151,15 +211,16 @@ class Consumer:
                 continue
             self._received.inc(len(entries))
             items = [parse_or_fallback(entry, self.settings.queue_url) for entry in entries]
-            now = time.time()
-            for message, _ in items:
-                if message.sent_at is not None:
-                    self._age.observe(max(0.0, now - message.sent_at.timestamp()))
+            now_ms = time.time() * 1000
+            for entry in entries:
+                sent_ms = sent_timestamp_ms(entry)
+                if sent_ms is not None:
+                    self._age.observe(max(0.0, now_ms - sent_ms) / 1000)
             if self.stopping.is_set():
                 await self._give_back([m for m, _ in items], sent)
                 return
             for group in group_entries(items, self.settings.is_fifo):
-                work.start_soon(self._run_group, group, sent)
+                self._dispatch(work, group, sent)
 
     async def _give_back(self, messages: list[Message], received_at: float) -> None:
         log.info(
@@ -173,7 +234,6 @@ class Consumer:
             self.slots.release(len(messages))
 
     async def _run_group(self, group: list[tuple[Message, Any]], received_at: float) -> None:
-        try:
-            await self.processor.run_group(group, received_at)
-        finally:
-            self.slots.release(len(group))
+        # The processor releases each message's slot when it stops holding it (a delete may still be
+        # in flight when this returns).
+        await self.processor.run_group(group, received_at, self.slots.release)

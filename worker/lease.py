@@ -6,10 +6,14 @@ too late to act on, so "is this message still mine?" is answered from the clock,
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
+import math
 from dataclasses import dataclass
 
 import anyio
+from anyio.abc import TaskStatus
 
 from .metrics import Metrics
 from .policy import visibility_cap
@@ -50,31 +54,114 @@ class Lease:
         return (anyio.current_time() if now is None else now) - self.received_at
 
 
-async def heartbeat(
-    lease: Lease, receipt_handle: str, visibility: int, batcher: Batcher, metrics: Metrics, queue: str
-) -> None:
-    """Extend the lease by ``visibility`` whenever half of it is left, until cancelled or lost."""
-    half = max(visibility / 2, 2 * SAFETY_MARGIN)
-    while True:
-        await anyio.sleep(max(0.0, lease.deadline - half - anyio.current_time()))
+class Heartbeats:
+    """Extends the lease of every message being processed, from one task (no task per message).
+
+    ``track()`` a message when its processing starts and ``untrack()`` it when it is finished: whenever
+    half of its lease is left, the lease is extended by the visibility timeout (batched), until it is
+    untracked, lost, or at SQS's 12-hour cap. ``run()`` must be running while messages are tracked.
+    """
+
+    def __init__(self, visibility: int, batcher: Batcher, metrics: Metrics, queue: str) -> None:
+        self._visibility = visibility
+        self._half = max(visibility / 2, 2 * SAFETY_MARGIN)
+        self._batcher = batcher
+        self._queue = queue
+        self._ok = metrics.heartbeats.labels(queue, "ok")
+        self._failed = metrics.heartbeats.labels(queue, "failed")
+        self._lost = metrics.heartbeats.labels(queue, "lease_lost")
+        #: (due time, tie-breaker, beat); finished beats are dropped lazily, compacted when they pile up.
+        self._heap: list[tuple[float, int, Beat]] = []
+        self._order = itertools.count()
+        self._live = 0
+        self._next_due = math.inf
+        self._wake = anyio.Event()
+        self.running = False
+
+    def track(self, lease: Lease, receipt_handle: str) -> Beat:
+        """Start extending ``lease`` (the message with ``receipt_handle``) when half of it is left."""
+        if not self.running:
+            raise RuntimeError("Heartbeats.run() is not running: leases would silently run out")
+        beat = Beat(lease, receipt_handle)
+        self._live += 1
+        self._schedule(beat, lease.deadline - self._half)
+        return beat
+
+    def untrack(self, beat: Beat) -> None:
+        """The message is finished: no more extensions (one already sent still lands)."""
+        if beat.active:
+            beat.active = False
+            self._live -= 1
+            if len(self._heap) > 2 * self._live + 64:
+                self._heap = [item for item in self._heap if item[2].active]
+                heapq.heapify(self._heap)
+
+    def _schedule(self, beat: Beat, due: float) -> None:
+        heapq.heappush(self._heap, (due, next(self._order), beat))
+        if due < self._next_due:
+            self._next_due = due
+            self._wake.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Send the extensions as they fall due, until cancelled."""
+        self.running = True
+        try:
+            async with anyio.create_task_group() as beats:
+                task_status.started()
+                while True:
+                    heap = self._heap
+                    while heap and not heap[0][2].active:
+                        heapq.heappop(heap)
+                    self._next_due = heap[0][0] if heap else math.inf
+                    if self._wake.is_set():
+                        self._wake = anyio.Event()
+                    wait = self._next_due - anyio.current_time()
+                    if wait > 0:
+                        with anyio.move_on_after(wait):
+                            await self._wake.wait()
+                        continue
+                    _, _, beat = heapq.heappop(heap)
+                    beats.start_soon(self._extend, beat)
+        finally:
+            self.running = False
+
+    async def _extend(self, beat: Beat) -> None:
+        lease = beat.lease
         if not lease.held():
-            metrics.heartbeats.labels(queue, "lease_lost").inc()
-            log.warning("visibility lease lost", extra={"event": "lease_lost"})
+            self._stop(beat, "lease lost", None)
             return
-        asked = min(visibility, visibility_cap(lease.age()))
+        asked = min(self._visibility, visibility_cap(lease.age()))
         if asked <= 0:
-            return  # at the 12 h cap: SQS allows no more; the lease simply runs out
+            self.untrack(beat)  # at the 12 h cap: SQS allows no more; the lease simply runs out
+            return
         sent = anyio.current_time()
-        error = await batcher.submit({"ReceiptHandle": receipt_handle, "VisibilityTimeout": asked})
+        error = await self._batcher.submit({"ReceiptHandle": beat.receipt_handle, "VisibilityTimeout": asked})
+        if not beat.active:
+            return  # finished while the extension was in flight
         if error is None:
             lease.deadline = max(lease.deadline, sent + asked)
-            metrics.heartbeats.labels(queue, "ok").inc()
+            self._ok.inc()
+            self._schedule(beat, lease.deadline - self._half)
         elif error in LOST_CODES:
             lease.lost = True
-            metrics.heartbeats.labels(queue, "lease_lost").inc()
-            log.warning("visibility lease lost", extra={"event": "lease_lost", "error": error})
-            return
+            self._stop(beat, "lease lost", error)
         else:
-            metrics.heartbeats.labels(queue, "failed").inc()
+            self._failed.inc()
             log.warning("visibility extension failed", extra={"event": "heartbeat_failed", "error": error})
-            await anyio.sleep(min(1.0, max(0.0, lease.deadline - anyio.current_time())))
+            now = anyio.current_time()
+            self._schedule(beat, now + min(1.0, max(0.0, lease.deadline - now)))
+
+    def _stop(self, beat: Beat, why: str, error: str | None) -> None:
+        self._lost.inc()
+        extra = {"event": "lease_lost"} if error is None else {"event": "lease_lost", "error": error}
+        log.warning(f"visibility {why}", extra=extra)
+        self.untrack(beat)
+
+
+@dataclass(slots=True, eq=False)
+class Beat:
+    """A tracked message (its lease and receipt handle), as ``Heartbeats.track()`` returns it."""
+
+    lease: Lease
+    receipt_handle: str
+    active: bool = True

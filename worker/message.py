@@ -20,6 +20,9 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 #: Keys an SNS notification envelope always has when delivered without raw message delivery.
 _SNS_REQUIRED = ("Type", "MessageId", "TopicArn", "Message")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+#: The epoch milliseconds a datetime can hold (years 1 to 9999); others are not timestamps.
+_MIN_EPOCH_MS = -62_135_596_800_000
+_MAX_EPOCH_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,24 +228,38 @@ def parse_message(entry: Mapping[str, Any], queue_url: str, *, unwrap: bool = Tr
     With ``unwrap=False`` the body is taken as it is (the fallback for an envelope that cannot be decoded).
     """
     raw_body = str(entry.get("Body", ""))
-    sqs_attributes = parse_sqs_attributes(entry.get("MessageAttributes"))
+    raw_attributes = entry.get("MessageAttributes")
+    sqs_attributes = parse_sqs_attributes(raw_attributes) if raw_attributes else {}
     system = {str(k): str(v) for k, v in (entry.get("Attributes") or {}).items()}
-    body, sns, attributes = raw_body, None, sqs_attributes
+    sqs_view = MappingProxyType(sqs_attributes) if sqs_attributes else _EMPTY
+    body, sns, attributes = raw_body, None, sqs_view
     unwrapped = unwrap_sns(raw_body) if unwrap else None
     if unwrapped is not None:
         body, sns, sns_attributes = unwrapped
-        attributes = {**sqs_attributes, **sns_attributes}
+        attributes = MappingProxyType({**sqs_attributes, **sns_attributes})
     return Message(
         id=str(entry["MessageId"]),
         receipt_handle=str(entry["ReceiptHandle"]),
         raw_body=raw_body,
         body=body,
         queue_url=queue_url,
-        attributes=MappingProxyType(attributes),
+        attributes=attributes,
         system_attributes=MappingProxyType(system),
         sns=sns,
-        sqs_attributes=MappingProxyType(sqs_attributes),
+        sqs_attributes=sqs_view,
     )
+
+
+def sent_timestamp_ms(entry: Mapping[str, Any]) -> int | None:
+    """SentTimestamp (epoch ms) read straight from a ReceiveMessage entry, or None when absent or invalid."""
+    value = (entry.get("Attributes") or {}).get("SentTimestamp")
+    if value is None:
+        return None
+    try:
+        ms = int(value)
+    except (TypeError, ValueError):
+        return None
+    return ms if _MIN_EPOCH_MS <= ms <= _MAX_EPOCH_MS else None
 
 
 def parse_or_fallback(entry: Mapping[str, Any], queue_url: str) -> tuple[Message, DecodeError | None]:

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -20,8 +21,8 @@ from . import policy
 from .deadletter import DeadLetterWriter
 from .errors import DecodeError, PermanentError, RetryLater, SchemaError
 from .handler import LoadedHandler
-from .hooks import Outcome, OutcomeSink
-from .lease import Lease, heartbeat
+from .hooks import NullSink, Outcome, OutcomeSink
+from .lease import Beat, Heartbeats, Lease
 from .message import Message
 from .metrics import Metrics
 from .policy import Condition, RetryConfig
@@ -49,6 +50,8 @@ class Verdict:
 
     finished: bool
     give_back: int | None = None
+    #: The message is still held: a delete is in flight and will release it (run_one's ``settle``).
+    settle_pending: bool = False
 
 
 def classify(exc: BaseException) -> policy.Outcome:
@@ -104,59 +107,70 @@ class Processor:
         }
         self._duration = metrics.handler_duration.labels(*labels)
         self._timeouts = metrics.handler_timeouts.labels(*labels)
-        self._in_flight = metrics.in_flight.labels(self.queue)
+        #: Messages held by run_group(); worker_messages_in_flight reads it at each scrape.
+        self.held = 0
+        metrics.in_flight.labels(self.queue).set_function(lambda: self.held)
+        #: Extends the leases of the messages being processed; the consumer runs it.
+        self.heartbeats = Heartbeats(settings.visibility_timeout_seconds, visibility, metrics, self.queue)
 
     # -- a group of messages held together (a FIFO group from one receive, or a single message) --
 
     async def run_group(
-        self, items: Sequence[tuple[Message, DecodeError | None]], received_at: float
+        self,
+        items: Sequence[tuple[Message, DecodeError | None]],
+        received_at: float,
+        release: Callable[[int], None],
     ) -> None:
         """Process messages in order, one at a time; after a delayed retry the rest go back with it.
 
         Each message has its own lease (taken at ``received_at``, the time the receive was sent) and its
-        own heartbeat, running until that message is finished.
+        own heartbeat, running until that message is finished. ``release(n)`` is called once for each
+        message when the worker no longer holds it: when it is finished or, for the group's last message
+        when it succeeded, once its (batched) delete has answered, without keeping this task waiting.
         """
+
+        def settle(count: int = 1) -> None:
+            self.held -= count
+            release(count)
+
+        self.held += len(items)
         leases = [self.lease(received_at) for _ in items]
-        self._in_flight.inc(len(items))
+        beats: list[Beat] = []
         done = 0
         try:
-            async with anyio.create_task_group() as beats:
-                scopes = []
-                for (message, _), lease in zip(items, leases, strict=True):
-                    scope = anyio.CancelScope()
-                    scopes.append(scope)
-                    beats.start_soon(self._beat, scope, message, lease)
-                give_back: int | None = None
-                for (message, decode_error), lease in zip(items, leases, strict=True):
-                    if give_back is None and self.draining:
-                        give_back = 0  # draining: what has not started goes back at once
-                    if give_back is not None:
-                        await self._release(message, lease, give_back)
-                    else:
-                        verdict = await self.run_one(message, decode_error, lease)
-                        if not verdict.finished:
-                            give_back = verdict.give_back if verdict.give_back is not None else 0
-                    scopes[done].cancel()
-                    done += 1
-                    self._in_flight.dec()
+            for (message, _), lease in zip(items, leases, strict=True):
+                beats.append(self.heartbeats.track(lease, message.receipt_handle))
+            give_back: int | None = None
+            last = len(items) - 1
+            for (message, decode_error), lease in zip(items, leases, strict=True):
+                handed_over = False
+                if give_back is None and self.draining:
+                    give_back = 0  # draining: what has not started goes back at once
+                if give_back is not None:
+                    await self._release(message, lease, give_back)
+                else:
+                    verdict = await self.run_one(
+                        message, decode_error, lease, settle=settle if done == last else None
+                    )
+                    handed_over = verdict.settle_pending
+                    if not verdict.finished:
+                        give_back = verdict.give_back if verdict.give_back is not None else 0
+                self.heartbeats.untrack(beats[done])
+                done += 1  # released below, or by the pending delete
+                if not handed_over:
+                    settle()
         except anyio.get_cancelled_exc_class():
             # Forced stop (shutdown deadline, second signal): what is unfinished goes back at once.
+            for beat in beats[done:]:
+                self.heartbeats.untrack(beat)
             with anyio.move_on_after(5, shield=True):
                 await self.give_back([m for m, _ in items[done:]], leases[done:], 0)
             raise
         finally:
-            self._in_flight.dec(len(items) - done)
-
-    async def _beat(self, scope: anyio.CancelScope, message: Message, lease: Lease) -> None:
-        with scope:
-            await heartbeat(
-                lease,
-                message.receipt_handle,
-                self.settings.visibility_timeout_seconds,
-                self.visibility,
-                self.metrics,
-                self.queue,
-            )
+            for beat in beats[done:]:
+                self.heartbeats.untrack(beat)
+            if done < len(items):
+                settle(len(items) - done)
 
     def lease(self, received_at: float) -> Lease:
         """A fresh lease for a message received by a call sent at ``received_at``."""
@@ -170,8 +184,19 @@ class Processor:
 
     # -- one message --
 
-    async def run_one(self, message: Message, decode_error: DecodeError | None, lease: Lease) -> Verdict:
-        """Run one message to a verdict: acked, retried later, or dead-lettered."""
+    async def run_one(
+        self,
+        message: Message,
+        decode_error: DecodeError | None,
+        lease: Lease,
+        *,
+        settle: Callable[[], None] | None = None,
+    ) -> Verdict:
+        """Run one message to a verdict: acked, retried later, or dead-lettered.
+
+        With ``settle``, a success does not wait for its delete: the verdict says ``settle_pending`` and
+        ``settle()`` runs (after the on-success outcome) once the delete has answered.
+        """
         pending = self._pending.pop(message.id, None)
         if pending is not None:
             condition, failure, attempts = pending
@@ -208,6 +233,12 @@ class Processor:
             break
         if isinstance(decision, policy.Ack):
             self._processed["succeeded"].inc()
+            if settle is not None and lease.held():
+                self.deleter.submit_nowait(
+                    {"ReceiptHandle": message.receipt_handle},
+                    partial(self._deleted, message, attempts, response, settle),
+                )
+                return Verdict(finished=True, settle_pending=True)
             deleted = await self._delete(message, lease)
             self._emit(message, Condition.SUCCESS, attempts, response=response)
             return Verdict(finished=deleted)
@@ -264,6 +295,18 @@ class Processor:
         while len(self._pending) > PENDING_DEAD_LETTERS_MAX:
             self._pending.popitem(last=False)
 
+    def _deleted(
+        self, message: Message, attempts: int, response: object, settle: Callable[[], None], error: str | None
+    ) -> None:
+        """A delete submitted without waiting has answered: report, then stop holding the message."""
+        if error is not None:
+            log.warning(
+                "delete failed; the message will be delivered again",
+                extra={"event": "delete_failed", "message_id": message.id, "error": error},
+            )
+        self._emit(message, Condition.SUCCESS, attempts, response=response)
+        settle()
+
     async def _delete(self, message: Message, lease: Lease) -> bool:
         if not lease.held():
             self._lease_lost(message, "delete")
@@ -310,6 +353,8 @@ class Processor:
         response: object = None,
         failure: Failure | None = None,
     ) -> None:
+        if type(self.sink) is NullSink:
+            return  # no destinations: nothing would look at the outcome
         self.sink.submit(
             Outcome(
                 message=message,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -52,15 +51,31 @@ def error_code(exc: BaseException) -> str:
 CALL_ERRORS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError, OSError, TimeoutError)
 
 
-@dataclass(slots=True)
-class _Pending:
-    entry: dict[str, Any]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    error: str | None = None
+class _Batch:
+    """Entries that go out in one call; one event wakes all their submitters."""
+
+    __slots__ = ("callbacks", "done", "entries", "errors", "opened")
+
+    def __init__(self, opened: float) -> None:
+        self.opened = opened
+        self.entries: list[dict[str, Any]] = []
+        self.errors: dict[int, str] = {}
+        self.done = anyio.Event()
+        #: (entry index, callback) of the entries submitted with submit_nowait().
+        self.callbacks: list[tuple[int, Callable[[str | None], None]]] = []
+
+    def complete(self) -> None:
+        """Wake the submitters and run the callbacks (a failing callback is logged, never fatal)."""
+        self.done.set()
+        for index, callback in self.callbacks:
+            try:
+                callback(self.errors.get(index))
+            except Exception:
+                log.exception("batch entry callback failed", extra={"event": "batch_callback_failed"})
 
 
 class Batcher:
-    """Collects entries for a ``*Batch`` SQS call: flushes at 10 entries or after ``linger`` seconds.
+    """Collects entries for a ``*Batch`` SQS call: flushes at 10 entries or ``linger`` s after the first.
 
     ``await submit(entry)`` returns None on success or the error code of that entry. Several flushers
     run at once so one slow call never stalls the others. Whole-call failures are retried with
@@ -88,14 +103,43 @@ class Batcher:
         self._linger = linger
         self._flushers = flushers
         self._call_attempts = call_attempts
-        self._send, self._receive = anyio.create_memory_object_stream[_Pending](math.inf)
+        #: The batch being filled; sealed batches wait in the stream for a free flusher.
+        self._open: _Batch | None = None
+        self._opened = anyio.Event()
+        self._closed = False
+        self._send, self._receive = anyio.create_memory_object_stream[_Batch](math.inf)
+        #: Sealed batches not flushed yet: failed, never left waiting, if the flushers are gone.
+        self._queued: set[_Batch] = set()
 
     async def submit(self, entry: dict[str, Any]) -> str | None:
         """Queue one entry (without ``Id``) and wait for its batch call; None means success."""
-        pending = _Pending(entry)
-        await self._send.send(pending)
-        await pending.done.wait()
-        return pending.error
+        batch, index = self._add(entry)
+        await batch.done.wait()
+        return batch.errors.get(index)
+
+    def submit_nowait(self, entry: dict[str, Any], callback: Callable[[str | None], None]) -> None:
+        """Queue one entry and return at once; ``callback(error)`` runs when its batch call has answered."""
+        batch, index = self._add(entry)
+        batch.callbacks.append((index, callback))
+
+    def _add(self, entry: dict[str, Any]) -> tuple[_Batch, int]:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch(anyio.current_time())
+            self._opened.set()
+        index = len(batch.entries)
+        batch.entries.append(entry)
+        if index + 1 >= BATCH_MAX:
+            self._seal()
+        return batch, index
+
+    def _seal(self) -> None:
+        batch, self._open = self._open, None
+        if batch is not None:
+            self._send.send_nowait(batch)
+            self._queued.add(batch)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run the flushers until ``close()``, then drain what is queued."""
@@ -104,30 +148,50 @@ class Batcher:
                 for _ in range(self._flushers):
                     tg.start_soon(self._flusher, self._receive.clone())
                 self._receive.close()
+                tg.start_soon(self._lingerer)
                 task_status.started()
         finally:
-            self._send.close()
+            self.close()
+            for batch in list(self._queued):  # only after a crash or cancellation: report, never hang
+                batch.errors = dict.fromkeys(range(len(batch.entries)), "BatcherClosed")
+                batch.complete()
+            self._queued.clear()
 
     def close(self) -> None:
         """No more submissions: flushers finish what is queued and return."""
+        if not self._closed:
+            self._closed = True
+            batch = self._open
+            try:
+                self._seal()
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                if batch is not None:  # the flushers are gone (cancelled): report, never hang
+                    batch.errors = dict.fromkeys(range(len(batch.entries)), "BatcherClosed")
+                    batch.complete()
+            self._opened.set()  # wakes the lingerer, which returns
         self._send.close()
 
-    async def _flusher(self, receive: anyio.abc.ObjectReceiveStream[_Pending]) -> None:
+    async def _lingerer(self) -> None:
+        """Seals the open batch ``linger`` seconds after its first entry."""
+        while not self._closed:
+            batch = self._open
+            if batch is None:
+                await self._opened.wait()
+                self._opened = anyio.Event()
+                continue
+            await anyio.sleep(max(0.0, batch.opened + self._linger - anyio.current_time()))
+            if self._open is batch:
+                self._seal()
+
+    async def _flusher(self, receive: anyio.abc.ObjectReceiveStream[_Batch]) -> None:
         async with receive:
-            async for first in receive:
-                batch = [first]
-                with anyio.move_on_after(self._linger):
-                    while len(batch) < BATCH_MAX:
-                        try:
-                            batch.append(await receive.receive())
-                        except anyio.EndOfStream:
-                            break
+            async for batch in receive:
+                self._queued.discard(batch)
                 with anyio.CancelScope(shield=True):
                     await self._flush(batch)
 
-    async def _flush(self, batch: list[_Pending]) -> None:
-        entries = [{"Id": str(i), **p.entry} for i, p in enumerate(batch)]
-        remaining = dict(enumerate(batch))
+    async def _flush(self, batch: _Batch) -> None:
+        entries = [{"Id": str(i), **entry} for i, entry in enumerate(batch.entries)]
         for attempt in range(self._call_attempts):
             try:
                 response = await getattr(self._client, self._method)(
@@ -140,16 +204,13 @@ class Batcher:
                 if attempt + 1 < self._call_attempts:
                     await anyio.sleep(min(2.0, 0.2 * 2**attempt))
                     continue
-                for pending in remaining.values():
-                    pending.error = code
+                batch.errors = dict.fromkeys(range(len(entries)), code)
                 break
             retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             if retried:  # botocore retried (throttling, 5xx) before succeeding: still errors worth counting
                 self._metrics.sqs_errors.labels(self._operation).inc(retried)
             for failed in response.get("Failed", []):
-                index = int(failed["Id"])
-                batch[index].error = str(failed.get("Code", "Failed"))
+                batch.errors[int(failed["Id"])] = str(failed.get("Code", "Failed"))
                 self._metrics.sqs_errors.labels(self._operation).inc()
             break
-        for pending in batch:
-            pending.done.set()
+        batch.complete()
