@@ -17,14 +17,13 @@ from __future__ import annotations
 import inspect
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
 import anyio.to_thread
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from anyio.abc import ObjectReceiveStream, TaskStatus
 from botocore.exceptions import ClientError
 
@@ -44,7 +43,7 @@ from .records import (
     s3_key,
 )
 from .settings import Settings, env_name
-from .sqs import CALL_ERRORS, error_code
+from .sqs import CALL_ERRORS, create_client, error_code
 
 log = logging.getLogger("worker.destinations")
 
@@ -553,16 +552,6 @@ def destination_client_config(timeout: float) -> AioConfig:
     )
 
 
-@asynccontextmanager
-async def _client(service: str, config: AioConfig, endpoint_url: str | None) -> AsyncIterator[Any]:
-    session = get_session()
-    kwargs: dict[str, Any] = {"config": config}
-    if endpoint_url is not None:
-        kwargs["endpoint_url"] = endpoint_url
-    async with session.create_client(service, **kwargs) as client:
-        yield client
-
-
 async def open_destinations(
     settings: Settings, stack: AsyncExitStack, *, endpoints: Mapping[str, str] | None = None
 ) -> tuple[list[Destination], list[Destination]]:
@@ -574,7 +563,7 @@ async def open_destinations(
     clients: dict[str, Any] = {}
     for kind in sorted(kinds - {"python"}):
         endpoint = (endpoints or {}).get(kind)
-        clients[kind] = await stack.enter_async_context(_client(kind, config, endpoint))
+        clients[kind] = await stack.enter_async_context(create_client(kind, config, endpoint_url=endpoint))
     limiter = anyio.CapacityLimiter(HOOK_THREADS)
     made: dict[str, Destination] = {}
     result: dict[str, list[Destination]] = {}

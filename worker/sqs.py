@@ -15,6 +15,7 @@ from anyio.abc import TaskStatus
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .metrics import Metrics
+from .useragent import cache_user_agent
 
 log = logging.getLogger("worker.sqs")
 
@@ -33,10 +34,16 @@ def client_config(*, read_timeout: float = 30.0, pool: int = 50, retry_mode: str
 
 
 @asynccontextmanager
-async def create_client(service: str, config: AioConfig | None = None) -> AsyncIterator[Any]:
-    """An aiobotocore client; endpoint, region and credentials come from the standard AWS variables."""
+async def create_client(
+    service: str, config: AioConfig | None = None, *, endpoint_url: str | None = None
+) -> AsyncIterator[Any]:
+    """An aiobotocore client; endpoint (unless given), region and credentials from the standard AWS chain."""
     session = get_session()
-    async with session.create_client(service, config=config or client_config()) as client:
+    kwargs: dict[str, Any] = {"config": config or client_config()}
+    if endpoint_url is not None:
+        kwargs["endpoint_url"] = endpoint_url
+    async with session.create_client(service, **kwargs) as client:
+        cache_user_agent(client)
         yield client
 
 
