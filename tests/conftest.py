@@ -15,6 +15,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from tests.faultproxy import FaultProxy
+
 # A developer can point the suite at a LocalStack already running (`worker localstack`): loopback only.
 _EXISTING_ENDPOINT = os.environ.get("TEST_LOCALSTACK_ENDPOINT")
 
@@ -78,6 +80,16 @@ def aws_env(localstack_endpoint: str) -> dict[str, str]:
     env["AWS_ENDPOINT_URL"] = localstack_endpoint
     assert_loopback(env["AWS_ENDPOINT_URL"])
     return env
+
+
+@pytest.fixture
+def fault_proxy(aws_env: dict[str, str]) -> Iterator[FaultProxy]:
+    """A TCP fault proxy in front of LocalStack (``fault_proxy.endpoint``), stopped after the test."""
+    proxy = FaultProxy.towards(aws_env["AWS_ENDPOINT_URL"]).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
 
 
 @pytest.fixture

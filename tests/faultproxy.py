@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 
 @dataclass
@@ -39,6 +40,12 @@ class FaultProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fault-proxy")
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+
+    @classmethod
+    def towards(cls, endpoint: str) -> FaultProxy:
+        """A proxy (not started) in front of the service at ``endpoint`` (an http URL)."""
+        target = urlparse(endpoint)
+        return cls(target.hostname or "127.0.0.1", target.port or 80)
 
     @property
     def endpoint(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -88,6 +88,18 @@ async def send(sqs: Any, url: str, body: Any, **kwargs: Any) -> str:
     """Send one message (dicts are JSON-encoded); returns its id."""
     text = body if isinstance(body, str) else json.dumps(body)
     return str((await sqs.send_message(QueueUrl=url, MessageBody=text, **kwargs))["MessageId"])
+
+
+async def send_bodies(sqs: Any, url: str, bodies: Iterable[Any]) -> None:
+    """Send each body (JSON-encoded) with SendMessageBatch, ten at a time, in order."""
+    batch: list[dict[str, str]] = []
+    for body in bodies:
+        batch.append({"Id": str(len(batch)), "MessageBody": json.dumps(body)})
+        if len(batch) == 10:
+            await sqs.send_message_batch(QueueUrl=url, Entries=batch)
+            batch = []
+    if batch:
+        await sqs.send_message_batch(QueueUrl=url, Entries=batch)
 
 
 async def drain(sqs: Any, url: str, *, expect: int, timeout: float = 30.0) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from tests.conftest import QueueFactory, unique
-from tests.helpers import WorkerProcess, depth, drain, wait_for
+from tests.helpers import WorkerProcess, depth, drain, send_bodies, wait_for
 from worker.deadletter import read_failure
 from worker.message import parse_sqs_attributes
 
@@ -46,8 +46,8 @@ async def _load(sqs: Any, url: str, count: int) -> tuple[set[str], set[str]]:
     rng = random.Random()
     good: set[str] = set()
     poison: set[str] = set()
-    batch: list[dict[str, str]] = []
-    for index in range(count):
+    docs: list[dict[str, Any]] = []
+    for _ in range(count):
         key = unique("c")
         roll = rng.random()
         if roll < 0.05:
@@ -59,12 +59,8 @@ async def _load(sqs: Any, url: str, count: int) -> tuple[set[str], set[str]]:
         else:
             doc = {"key": key, "sleep": 0.02}
             good.add(key)
-        batch.append({"Id": str(index % 10), "MessageBody": json.dumps(doc)})
-        if len(batch) == 10:
-            await sqs.send_message_batch(QueueUrl=url, Entries=batch)
-            batch = []
-    if batch:
-        await sqs.send_message_batch(QueueUrl=url, Entries=batch)
+        docs.append(doc)
+    await send_bodies(sqs, url, docs)
     return good, poison
 
 

@@ -17,9 +17,7 @@ from worker._version import __version__
 from worker.deadletter import (
     FAILURE_ATTRIBUTE,
     FORMAT_VERSION,
-    MAX_ATTRIBUTES,
     MAX_ERROR_CHARS,
-    MAX_MESSAGE_BYTES,
     DeadLetterTooLarge,
     FailureRecord,
     build_dead_letter,
@@ -29,6 +27,7 @@ from worker.deadletter import (
     read_failure,
     restore_attributes,
 )
+from worker.limits import SQS_MAX_ATTRIBUTES, SQS_MAX_MESSAGE_BYTES
 from worker.message import Message, MessageAttribute, parse_message, parse_sqs_attributes
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
@@ -221,7 +220,7 @@ def test_ten_originals_one_displaced_and_restored() -> None:
     message = make_message(attributes=originals)
     request = build_dead_letter(message, record_for(message), fifo=False)
     sent = request["MessageAttributes"]
-    assert len(sent) == MAX_ATTRIBUTES
+    assert len(sent) == SQS_MAX_ATTRIBUTES
     assert "a9" not in sent
     record = read_failure(attrs_of(request))
     assert record is not None
@@ -236,7 +235,7 @@ def test_nine_originals_nothing_displaced() -> None:
     originals = dict(list(ten_attributes().items())[:9])
     message = make_message(attributes=originals)
     request = build_dead_letter(message, record_for(message), fifo=False)
-    assert len(request["MessageAttributes"]) == MAX_ATTRIBUTES
+    assert len(request["MessageAttributes"]) == SQS_MAX_ATTRIBUTES
     record = read_failure(attrs_of(request))
     assert record is not None
     assert dict(record.displaced_attributes) == {}
@@ -284,9 +283,9 @@ def test_size_boundaries_full_short_minimal_too_large() -> None:
         message = make_message("a" * body_len)
         return build_dead_letter(message, record_for(message, "x" * 5000), fifo=False)
 
-    full_fit = MAX_MESSAGE_BYTES - RECORD_OVERHEAD - json_bytes(record)
+    full_fit = SQS_MAX_MESSAGE_BYTES - RECORD_OVERHEAD - json_bytes(record)
     request = build(full_fit)
-    assert request_size(request) == MAX_MESSAGE_BYTES
+    assert request_size(request) == SQS_MAX_MESSAGE_BYTES
     got = read_failure(attrs_of(request))
     assert got is not None
     assert len(got.error_message) == MAX_ERROR_CHARS
@@ -295,36 +294,36 @@ def test_size_boundaries_full_short_minimal_too_large() -> None:
     got = read_failure(attrs_of(request))
     assert got is not None
     assert got.error_message == "x" * 256
-    assert request_size(request) <= MAX_MESSAGE_BYTES
+    assert request_size(request) <= SQS_MAX_MESSAGE_BYTES
 
-    short_fit = MAX_MESSAGE_BYTES - RECORD_OVERHEAD - json_bytes(short)
+    short_fit = SQS_MAX_MESSAGE_BYTES - RECORD_OVERHEAD - json_bytes(short)
     request = build(short_fit + 1)
     got = read_failure(attrs_of(request))
     assert got is not None
     assert (got.error_message, got.source_queue_url, got.handler_version) == ("", "", "")
     assert (got.error_type, got.condition, got.attempts) == ("ValueError", "RetriesExhausted", 5)
     assert got.original_message_id == "11111111-2222-4333-8444-555555555555"
-    assert request_size(request) <= MAX_MESSAGE_BYTES
+    assert request_size(request) <= SQS_MAX_MESSAGE_BYTES
 
-    minimal_fit = MAX_MESSAGE_BYTES - RECORD_OVERHEAD - json_bytes(minimal)
-    assert request_size(build(minimal_fit)) == MAX_MESSAGE_BYTES
+    minimal_fit = SQS_MAX_MESSAGE_BYTES - RECORD_OVERHEAD - json_bytes(minimal)
+    assert request_size(build(minimal_fit)) == SQS_MAX_MESSAGE_BYTES
     with pytest.raises(DeadLetterTooLarge):
         build(minimal_fit + 1)
     with pytest.raises(DeadLetterTooLarge):
-        build(MAX_MESSAGE_BYTES)
+        build(SQS_MAX_MESSAGE_BYTES)
 
 
 def test_size_counts_multibyte_body_bytes() -> None:
     """A body of 3-byte characters near the limit is measured in bytes, not characters."""
-    body = "€" * (MAX_MESSAGE_BYTES // 3)
+    body = "€" * (SQS_MAX_MESSAGE_BYTES // 3)
     message = make_message(body)
     with pytest.raises(DeadLetterTooLarge):
         build_dead_letter(message, record_for(message), fifo=False)
-    body = "€" * ((MAX_MESSAGE_BYTES - 2000) // 3)
+    body = "€" * ((SQS_MAX_MESSAGE_BYTES - 2000) // 3)
     message = make_message(body)
     request = build_dead_letter(message, record_for(message), fifo=False)
     assert request["MessageBody"] == body
-    assert request_size(request) <= MAX_MESSAGE_BYTES
+    assert request_size(request) <= SQS_MAX_MESSAGE_BYTES
 
 
 def test_minimal_record_keeps_displaced_attributes() -> None:
@@ -335,10 +334,10 @@ def test_minimal_record_keeps_displaced_attributes() -> None:
     assert full is not None
     _, minimal = shrunk(full)
     kept = {k: v for k, v in originals.items() if k != "a9"}
-    body_len = MAX_MESSAGE_BYTES - message_size("", kept) - RECORD_OVERHEAD - json_bytes(minimal)
+    body_len = SQS_MAX_MESSAGE_BYTES - message_size("", kept) - RECORD_OVERHEAD - json_bytes(minimal)
     message = make_message("a" * body_len, originals)
     request = build_dead_letter(message, record_for(message, "x" * 3000), fifo=False)
-    assert request_size(request) == MAX_MESSAGE_BYTES
+    assert request_size(request) == SQS_MAX_MESSAGE_BYTES
     record = read_failure(attrs_of(request))
     assert record is not None
     assert record.error_message == ""
@@ -364,8 +363,8 @@ attribute_values = st.one_of(
 )
 body_lengths = st.one_of(
     st.integers(0, 5000),
-    st.integers(MAX_MESSAGE_BYTES - 40_000, MAX_MESSAGE_BYTES),
-    st.just(MAX_MESSAGE_BYTES),
+    st.integers(SQS_MAX_MESSAGE_BYTES - 40_000, SQS_MAX_MESSAGE_BYTES),
+    st.just(SQS_MAX_MESSAGE_BYTES),
 )
 
 
@@ -388,14 +387,14 @@ def test_every_dead_letter_fits_sqs_limits(
         request = build_dead_letter(message, record, fifo=fifo)
     except DeadLetterTooLarge:
         names = sorted(originals)
-        kept = {n: originals[n] for n in names[: MAX_ATTRIBUTES - 1]}
-        displaced = {n: encoded(originals[n]) for n in names[MAX_ATTRIBUTES - 1 :]}
+        kept = {n: originals[n] for n in names[: SQS_MAX_ATTRIBUTES - 1]}
+        displaced = {n: encoded(originals[n]) for n in names[SQS_MAX_ATTRIBUTES - 1 :]}
         _, minimal = shrunk(dataclasses.replace(record, displaced_attributes=displaced))
-        assert message_size(body, kept) + RECORD_OVERHEAD + json_bytes(minimal) > MAX_MESSAGE_BYTES
+        assert message_size(body, kept) + RECORD_OVERHEAD + json_bytes(minimal) > SQS_MAX_MESSAGE_BYTES
         return
     assert request["MessageBody"] == body
-    assert len(request["MessageAttributes"]) <= MAX_ATTRIBUTES
-    assert request_size(request) <= MAX_MESSAGE_BYTES
+    assert len(request["MessageAttributes"]) <= SQS_MAX_ATTRIBUTES
+    assert request_size(request) <= SQS_MAX_MESSAGE_BYTES
     assert restore_attributes(attrs_of(request)) == originals
     assert read_failure(attrs_of(request)) is not None
 
@@ -498,7 +497,7 @@ def test_redriven_dead_letters_keep_body_and_all_attributes() -> None:
     requests, _ = redrive_chain()
     for request in requests:
         assert request["MessageBody"] == '{"order": 1}'
-        assert len(request["MessageAttributes"]) <= MAX_ATTRIBUTES
+        assert len(request["MessageAttributes"]) <= SQS_MAX_ATTRIBUTES
         assert restore_attributes(attrs_of(request)) == ten_attributes()
 
 

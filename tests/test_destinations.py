@@ -31,10 +31,11 @@ from worker.destinations import (
 )
 from worker.errors import ConfigError
 from worker.hooks import NullSink, Outcome
+from worker.limits import SNS_MAX_BYTES
 from worker.message import Message
 from worker.metrics import Metrics
 from worker.policy import Condition
-from worker.records import SNS_MAX_BYTES, DestinationRecord
+from worker.records import DestinationRecord
 from worker.settings import Settings
 
 pytestmark = pytest.mark.localstack

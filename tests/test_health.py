@@ -7,7 +7,6 @@ import re
 import signal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
 
@@ -64,42 +63,37 @@ async def test_metrics_move_as_documented(sqs: Any, queues: QueueFactory) -> Non
 
 
 async def test_probes_through_an_outage_and_a_drain(
-    queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+    queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path, fault_proxy: FaultProxy
 ) -> None:
     """Blackholed SQS: /readyz fails, /healthz holds; SQS back: ready; SIGTERM: draining, then exit 0."""
     q = await queues()
-    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
-    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
+    env = {**aws_env, "AWS_ENDPOINT_URL": fault_proxy.endpoint}
+    worker = WorkerProcess(
+        env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], shutdown_timeout_seconds=5
+    )
+    worker.start()
     try:
-        env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint}
-        worker = WorkerProcess(
-            env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], shutdown_timeout_seconds=5
+        await worker.wait_ready()
+        status, body = http_get(worker.port, "/healthz")
+        assert (status, json.loads(body)["status"]) == (200, "ok")
+        fault_proxy.faults.blackhole = True
+        fault_proxy.reset_all()
+        await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 503, timeout=30, what="not ready")
+        status, body = http_get(worker.port, "/readyz")
+        assert "SQS" in json.loads(body)["reason"]
+        assert http_get(worker.port, "/healthz")[0] == 200
+        fault_proxy.faults.blackhole = False
+        fault_proxy.reset_all()
+        await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 200, timeout=60, what="ready again")
+        worker.signal(signal.SIGTERM)
+        await wait_for(
+            lambda: (
+                json.loads(http_get(worker.port, "/readyz")[1] or "{}").get("reason") == "draining"
+                or worker.proc.poll() is not None
+            ),
+            what="draining or exited",
         )
-        worker.start()
-        try:
-            await worker.wait_ready()
-            status, body = http_get(worker.port, "/healthz")
-            assert (status, json.loads(body)["status"]) == (200, "ok")
-            proxy.faults.blackhole = True
-            proxy.reset_all()
-            await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 503, timeout=30, what="not ready")
-            status, body = http_get(worker.port, "/readyz")
-            assert "SQS" in json.loads(body)["reason"]
-            assert http_get(worker.port, "/healthz")[0] == 200
-            proxy.faults.blackhole = False
-            proxy.reset_all()
-            await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 200, timeout=60, what="ready again")
-            worker.signal(signal.SIGTERM)
-            await wait_for(
-                lambda: (
-                    json.loads(http_get(worker.port, "/readyz")[1] or "{}").get("reason") == "draining"
-                    or worker.proc.poll() is not None
-                ),
-                what="draining or exited",
-            )
-            assert await worker.wait(timeout=20) == 0
-            assert any(e.get("event") == "draining" for e in worker.events())
-        finally:
-            worker.kill()
+        assert await worker.wait(timeout=20) == 0
+        assert any(e.get("event") == "draining" for e in worker.events())
     finally:
-        proxy.stop()
+        worker.kill()

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.limits import SQS_VISIBILITY_CAP_SECONDS
 from worker.policy import (
     CAP_MARGIN_SECONDS,
     TERMINAL,
-    VISIBILITY_CAP_SECONDS,
     Ack,
     Attempt,
     Condition,
@@ -310,7 +310,7 @@ def test_delayed_retry_uses_backoff_of_receive_count(
 
 def test_visibility_cap_values() -> None:
     """The cap is 43200 - 5 - seconds since receive, floored, never negative."""
-    assert visibility_cap(0) == VISIBILITY_CAP_SECONDS - CAP_MARGIN_SECONDS == 43_195
+    assert visibility_cap(0) == SQS_VISIBILITY_CAP_SECONDS - CAP_MARGIN_SECONDS == 43_195
     assert visibility_cap(100.5) == 43_094
     assert visibility_cap(43_195) == 0
     assert visibility_cap(43_199.9) == 0
@@ -377,7 +377,7 @@ def test_every_retry_after_respects_visibility_cap(
     if isinstance(decision, RetryAfter):
         assert isinstance(decision.seconds, int)
         assert 0 <= decision.seconds <= visibility_cap(since)
-        assert decision.seconds <= max(VISIBILITY_CAP_SECONDS - CAP_MARGIN_SECONDS - since, 0)
+        assert decision.seconds <= max(SQS_VISIBILITY_CAP_SECONDS - CAP_MARGIN_SECONDS - since, 0)
 
 
 # --- a whole message life -------------------------------------------------------------------------------

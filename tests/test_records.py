@@ -17,12 +17,10 @@ from worker.deadletter import FAILURE_ATTRIBUTE, failure_record
 from worker.destination_uri import parse_destination
 from worker.errors import ConfigError
 from worker.hooks import Outcome
+from worker.limits import EVENTS_MAX_BYTES, SNS_MAX_BYTES, SQS_MAX_MESSAGE_BYTES
 from worker.message import Message, MessageAttribute, SnsInfo
 from worker.policy import Condition
 from worker.records import (
-    EVENTS_MAX_BYTES,
-    SNS_MAX_BYTES,
-    SQS_MAX_BYTES,
     build_record,
     fit_record,
     iso_timestamp,
@@ -286,7 +284,7 @@ def test_large_record_is_cut_to_the_limit_with_flag_and_pointer() -> None:
 def test_cut_without_s3_has_no_pointer_and_respects_each_service_limit() -> None:
     """Without a full copy the cut record has the flag only; SQS's 1 MiB keeps a 300 KiB record whole."""
     record = build_record(outcome(msg=message("y" * 300_000), response="z" * 300_000))
-    assert fit_record(record, SQS_MAX_BYTES) is record
+    assert fit_record(record, SQS_MAX_MESSAGE_BYTES) is record
     for limit in (SNS_MAX_BYTES, EVENTS_MAX_BYTES - 100):
         data = json.loads(fit_record(record, limit).to_json())
         assert data["truncated"] is True

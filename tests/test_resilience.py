@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import psutil
 import pytest
 
 from tests.conftest import QueueFactory, unique
 from tests.faultproxy import FaultProxy
-from tests.helpers import WorkerProcess, depth, http_get, send, wait_for
+from tests.helpers import WorkerProcess, depth, http_get, send, send_bodies, wait_for
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 
@@ -56,31 +54,28 @@ async def _empty(sqs: Any, url: str) -> bool:
 
 
 async def test_rst_storm_loses_nothing(
-    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path, fault_proxy: FaultProxy
 ) -> None:
     """30 % of connections reset while 200 messages flow: all are processed, none dead-lettered."""
     q = await queues()
-    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
-    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
-    env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
+    env = {**aws_env, "AWS_ENDPOINT_URL": fault_proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
     keys = [unique("rst") for _ in range(200)]
-    await _send_keys(sqs, q["url"], keys)
+    await send_bodies(sqs, q["url"], [{"key": k} for k in keys])
     worker = WorkerProcess(
         env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
     )
     try:
         worker.start()
         await worker.wait_ready()
-        proxy.faults.reset_share = 0.3
+        fault_proxy.faults.reset_share = 0.3
         await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=90, what="every key done")
-        proxy.faults.reset_share = 0.0
+        fault_proxy.faults.reset_share = 0.0
         await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
         assert await depth(sqs, q["dlq_url"]) == 0
         worker.signal(signal.SIGTERM)
         assert await worker.wait(timeout=30) == 0
     finally:
         worker.kill()
-        proxy.stop()
 
 
 def _all_done(path: Path, keys: list[str]) -> bool:
@@ -126,26 +121,29 @@ async def _dlq_has(sqs: Any, url: str, count: int) -> bool:
 
 @pytest.mark.parametrize("status", [503, 400])
 async def test_server_errors_and_throttling_are_counted_and_lose_nothing(
-    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path, status: int
+    sqs: Any,
+    queues: QueueFactory,
+    aws_env: dict[str, str],
+    tmp_path: Path,
+    fault_proxy: FaultProxy,
+    status: int,
 ) -> None:
-    """40 % of requests answered 503 or throttled: every message processed once counted, errors counted."""
+    """40 % of requests answered 503 or throttled: all processed, none dead-lettered, the errors counted."""
     q = await queues()
-    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
-    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
-    env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
+    env = {**aws_env, "AWS_ENDPOINT_URL": fault_proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
     keys = [unique("err") for _ in range(100)]
-    await _send_keys(sqs, q["url"], keys)
+    await send_bodies(sqs, q["url"], [{"key": k} for k in keys])
     worker = WorkerProcess(
         env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
     )
-    proxy.faults.error_status = status
-    proxy.faults.error_share = 0.4  # from the first connection: pooled connections would dodge it
+    fault_proxy.faults.error_status = status
+    fault_proxy.faults.error_share = 0.4  # from the first connection: pooled connections would dodge it
     try:
         worker.start()
         await worker.wait_ready()
         await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=90, what="every key done")
         metrics = http_get(worker.port, "/metrics")[1]
-        proxy.faults.error_share = 0.0
+        fault_proxy.faults.error_share = 0.0
         await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
         assert await depth(sqs, q["dlq_url"]) == 0
         errors = [
@@ -156,17 +154,14 @@ async def test_server_errors_and_throttling_are_counted_and_lose_nothing(
         assert sum(errors) > 0, "injected errors were not counted"
     finally:
         worker.kill()
-        proxy.stop()
 
 
 async def test_lost_lease_is_never_deleted(
-    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path, fault_proxy: FaultProxy
 ) -> None:
     """Heartbeats blackholed past the lease: the worker does not delete what it lost; it runs again later."""
     q = await queues(visibility=2)
-    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
-    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
-    env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
+    env = {**aws_env, "AWS_ENDPOINT_URL": fault_proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
     key = unique("lost")
     settings = {
         "queue_url": q["url"],
@@ -180,8 +175,8 @@ async def test_lost_lease_is_never_deleted(
         await worker.wait_ready()
         await send(sqs, q["url"], {"key": key, "sleep": 4})
         await wait_for(lambda: _count(tmp_path / "journal", "start", key) == 1, what="handler started")
-        proxy.faults.blackhole = True
-        proxy.reset_all()
+        fault_proxy.faults.blackhole = True
+        fault_proxy.reset_all()
         await wait_for(
             lambda: _count(tmp_path / "journal", "done", key) == 1, timeout=20, what="first run done"
         )
@@ -192,8 +187,8 @@ async def test_lost_lease_is_never_deleted(
             timeout=10,
             what="lease_lost logged for the delete",
         )
-        proxy.faults.blackhole = False
-        proxy.reset_all()
+        fault_proxy.faults.blackhole = False
+        fault_proxy.reset_all()
         await wait_for(lambda: _count(tmp_path / "journal", "done", key) == 2, timeout=60, what="second run")
         await wait_for(lambda: _empty(sqs, q["url"]), timeout=30, what="deleted by the run that held it")
         metrics = http_get(worker.port, "/metrics")[1]
@@ -201,7 +196,6 @@ async def test_lost_lease_is_never_deleted(
         assert 'result="lease_lost"' in metrics
     finally:
         worker.kill()
-        proxy.stop()
 
 
 def _count(path: Path, event: str, key: str) -> int:
@@ -214,13 +208,11 @@ OUTAGE_SECONDS = float(os.environ.get("CHAOS_OUTAGE_SECONDS", "8"))
 
 
 async def test_outage_then_rst_storm_recovers_by_itself(
-    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path, fault_proxy: FaultProxy
 ) -> None:
     """SQS blackholed, then 30 % resets: alive, idle CPU, not ready then ready, resumes alone, 0 lost."""
     q = await queues()
-    target = urlparse(aws_env["AWS_ENDPOINT_URL"])
-    proxy = FaultProxy(target.hostname or "127.0.0.1", target.port or 4566).start()
-    env = {**aws_env, "AWS_ENDPOINT_URL": proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
+    env = {**aws_env, "AWS_ENDPOINT_URL": fault_proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
     keys = [unique("out") for _ in range(300)]
     worker = WorkerProcess(
         env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
@@ -228,10 +220,10 @@ async def test_outage_then_rst_storm_recovers_by_itself(
     try:
         worker.start()
         await worker.wait_ready()
-        await _send_keys(sqs, q["url"], keys[:100])
-        proxy.faults.blackhole = True
-        proxy.reset_all()
-        await _send_keys(sqs, q["url"], keys[100:200])  # arrives during the outage
+        await send_bodies(sqs, q["url"], [{"key": k} for k in keys[:100]])
+        fault_proxy.faults.blackhole = True
+        fault_proxy.reset_all()
+        await send_bodies(sqs, q["url"], [{"key": k} for k in keys[100:200]])  # arrives during the outage
         await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 503, timeout=30, what="not ready")
         process = psutil.Process(worker.proc.pid)
         before, started = process.cpu_times(), time.monotonic()
@@ -240,25 +232,15 @@ async def test_outage_then_rst_storm_recovers_by_itself(
         cpu = (after.user + after.system) - (before.user + before.system)
         assert cpu < 0.2 * OUTAGE_SECONDS, f"spinning during the outage: {cpu:.2f} CPU s"
         assert http_get(worker.port, "/healthz")[0] == 200
-        proxy.faults.blackhole = False
-        proxy.faults.reset_share = 0.3
-        proxy.reset_all()
-        await _send_keys(sqs, q["url"], keys[200:])
+        fault_proxy.faults.blackhole = False
+        fault_proxy.faults.reset_share = 0.3
+        fault_proxy.reset_all()
+        await send_bodies(sqs, q["url"], [{"key": k} for k in keys[200:]])
         await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 200, timeout=90, what="ready again")
         await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=120, what="every key done")
-        proxy.faults.reset_share = 0.0
+        fault_proxy.faults.reset_share = 0.0
         await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
         assert await depth(sqs, q["dlq_url"]) == 0
         assert worker.proc.poll() is None
     finally:
         worker.kill()
-        proxy.stop()
-
-
-async def _send_keys(sqs: Any, url: str, keys: list[str]) -> None:
-    for start in range(0, len(keys), 10):
-        entries = [
-            {"Id": str(i), "MessageBody": json.dumps({"key": k})}
-            for i, k in enumerate(keys[start : start + 10])
-        ]
-        await sqs.send_message_batch(QueueUrl=url, Entries=entries)

@@ -11,22 +11,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import QueueFactory, unique
-from tests.helpers import WorkerProcess, depth, wait_for
+from tests.helpers import WorkerProcess, depth, send_bodies, wait_for
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 
 
 async def load(sqs: Any, url: str, count: int, **fields: Any) -> list[str]:
     """Send ``count`` scripted messages in batches; return their keys."""
-    import json
-
     keys = [unique("m") for _ in range(count)]
-    for start in range(0, count, 10):
-        entries = [
-            {"Id": str(i), "MessageBody": json.dumps({"key": key, **fields})}
-            for i, key in enumerate(keys[start : start + 10])
-        ]
-        await sqs.send_message_batch(QueueUrl=url, Entries=entries)
+    await send_bodies(sqs, url, [{"key": key, **fields} for key in keys])
     return keys
 
 

@@ -13,6 +13,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from .health import Health
+from .limits import SQS_BATCH_MAX
 from .message import Message, parse_or_fallback, sent_timestamp_ms
 from .metrics import Metrics
 from .processor import Processor
@@ -20,8 +21,6 @@ from .settings import Settings
 from .sqs import CALL_ERRORS, error_code
 
 log = logging.getLogger("worker.consumer")
-
-RECEIVE_MAX = 10
 #: A receive still unanswered this long after its long-poll wait makes the worker not ready.
 POLL_OVERDUE_MARGIN = 5.0
 #: Poll-error backoff: doubles from this, with jitter, up to POLL_BACKOFF_MAX.
@@ -162,7 +161,7 @@ class Consumer:
     async def _poll(self, work: TaskGroup, index: int) -> None:
         failures = 0
         while not self.stopping.is_set():
-            wanted = await self.slots.reserve(RECEIVE_MAX, self.health)
+            wanted = await self.slots.reserve(SQS_BATCH_MAX, self.health)
             if self.stopping.is_set():
                 self.slots.release(wanted)
                 return

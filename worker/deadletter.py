@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 
 from ._version import __version__
+from .limits import SQS_MAX_ATTRIBUTES, SQS_MAX_MESSAGE_BYTES
 from .message import Message, MessageAttribute
 from .metrics import Metrics
 from .sqs import CALL_ERRORS, error_code
@@ -27,10 +28,6 @@ log = logging.getLogger("worker.deadletter")
 
 FAILURE_ATTRIBUTE = "worker.failure"
 FORMAT_VERSION = 1
-#: SQS: at most 10 message attributes.
-MAX_ATTRIBUTES = 10
-#: SQS: body plus attributes (names, types, values) at most 1 MiB.
-MAX_MESSAGE_BYTES = 1_048_576
 #: Error messages are cut to this many characters in the record.
 MAX_ERROR_CHARS = 2048
 
@@ -172,14 +169,14 @@ def build_dead_letter(message: Message, record: FailureRecord, *, fifo: bool) ->
     originals = restore_attributes(message.sqs_attributes)
     kept = dict(sorted(originals.items()))
     displaced: dict[str, Any] = {}
-    while len(kept) > MAX_ATTRIBUTES - 1:
+    while len(kept) > SQS_MAX_ATTRIBUTES - 1:
         name = next(reversed(kept))
         displaced[name] = _encode_attribute(kept.pop(name))
     if displaced:
         record = _replace(record, displaced_attributes=dict(sorted(displaced.items())))
     for candidate in (record, _replace(record, error_message=record.error_message[:256]), _minimal(record)):
         attributes = {**kept, FAILURE_ATTRIBUTE: MessageAttribute("String", candidate.to_json())}
-        if message_size(message.raw_body, attributes) <= MAX_MESSAGE_BYTES:
+        if message_size(message.raw_body, attributes) <= SQS_MAX_MESSAGE_BYTES:
             break
     else:
         raise DeadLetterTooLarge(f"message {message.id} leaves no room for failure metadata")

@@ -31,17 +31,9 @@ from .destination_uri import DestinationUri, parse_destination
 from .errors import ConfigError
 from .handler import import_object
 from .hooks import NullSink, Outcome, OutcomeSink
+from .limits import EVENTS_MAX_BYTES, EVENTS_TIME_BYTES, SNS_MAX_BYTES, SQS_MAX_MESSAGE_BYTES
 from .metrics import Metrics
-from .records import (
-    EVENTS_MAX_BYTES,
-    EVENTS_TIME_BYTES,
-    SNS_MAX_BYTES,
-    SQS_MAX_BYTES,
-    DestinationRecord,
-    build_record,
-    fit_record,
-    s3_key,
-)
+from .records import DestinationRecord, build_record, fit_record, s3_key
 from .settings import Settings, env_name
 from .sqs import CALL_ERRORS, create_client, error_code
 
@@ -151,7 +143,7 @@ class Destination:
 class SqsDestination(Destination):
     """SendMessage to a queue; ``sqs://name`` and ARNs are resolved with GetQueueUrl (once)."""
 
-    limit = SQS_MAX_BYTES
+    limit = SQS_MAX_MESSAGE_BYTES
 
     def __init__(self, uri: DestinationUri, client: Any) -> None:
         super().__init__(uri)

@@ -10,8 +10,9 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .limits import SQS_VISIBILITY_CAP_SECONDS
+
 #: SQS caps a message's visibility timeout at 12 hours counted from its receive.
-VISIBILITY_CAP_SECONDS = 43_200
 #: Seconds kept in hand below the cap so a change issued now still lands before it.
 CAP_MARGIN_SECONDS = 5
 
@@ -133,7 +134,7 @@ def backoff_delay(retry_number: int, jitter: float, config: RetryConfig) -> int:
 
 def visibility_cap(seconds_since_receive: float) -> int:
     """The longest visibility a change issued now may ask for (SQS's 12 h counts from the receive)."""
-    return max(0, math.floor(VISIBILITY_CAP_SECONDS - CAP_MARGIN_SECONDS - seconds_since_receive))
+    return max(0, math.floor(SQS_VISIBILITY_CAP_SECONDS - CAP_MARGIN_SECONDS - seconds_since_receive))
 
 
 def decide(attempt: Attempt, config: RetryConfig) -> Decision:

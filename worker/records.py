@@ -36,14 +36,6 @@ from typing import Any
 from .hooks import Outcome
 
 RECORD_VERSION = "1.0"
-#: SNS Publish: message (and attributes) at most 256 KiB.
-SNS_MAX_BYTES = 262_144
-#: EventBridge PutEvents: one entry (time, source, detail type, detail, resources) at most 256 KiB.
-EVENTS_MAX_BYTES = 262_144
-#: SQS SendMessage: body (and attributes) at most 1 MiB.
-SQS_MAX_BYTES = 1_048_576
-#: EventBridge counts 14 bytes for the entry's Time field toward its size.
-EVENTS_TIME_BYTES = 14
 #: Bytes kept in hand below a limit when cutting a record.
 TRUNCATION_MARGIN = 64
 

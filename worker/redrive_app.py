@@ -26,8 +26,8 @@ from typing import Any
 
 import anyio
 
-from .deadletter import MAX_MESSAGE_BYTES
 from .health import Health
+from .limits import SQS_BATCH_MAX, SQS_MAX_MESSAGE_BYTES, SQS_VISIBILITY_CAP_SECONDS
 from .metrics import Metrics
 from .ratelimit import TokenBucket, default_burst
 from .redrive_filter import Filter, all_match
@@ -35,14 +35,13 @@ from .redrive_hold import HeldMessages, change_visibility
 from .redrive_plan import DeadLetter, Plan, Verdict, plan_redrive
 from .redrive_progress import Progress, Tally
 from .redrive_settings import QueueDirectory, QueueRef
-from .sqs import BATCH_MAX, CALL_ERRORS, error_code
+from .sqs import CALL_ERRORS, error_code
 
 log = logging.getLogger("worker.redrive")
 
 #: In --watch mode, a message left in the DLQ (filtered out, failed, held) is looked at again after this.
 WATCH_RECHECK_SECONDS = 300
 #: SQS caps a visibility timeout at 12 hours.
-VISIBILITY_CAP = 43_200
 #: Consecutive failed receives after which a one-shot pass gives up.
 MAX_RECEIVE_ERRORS = 5
 
@@ -118,7 +117,7 @@ class AppRedrive:
         self.last_move_at: float | None = None
         rate = options.rate
         self._bucket = TokenBucket(rate, default_burst(rate)) if rate else None
-        self._batch_size = int(min(BATCH_MAX, default_burst(rate))) if rate else BATCH_MAX
+        self._batch_size = int(min(SQS_BATCH_MAX, default_burst(rate))) if rate else SQS_BATCH_MAX
         self._reserved = 0
         self._outstanding = 0
         self._settled = anyio.Event()
@@ -374,8 +373,8 @@ class AppRedrive:
         return errors
 
     async def _delete(self, batch: _Batch, sent: list[tuple[DeadLetter, str, Plan]]) -> None:
-        for start in range(0, len(sent), BATCH_MAX):
-            chunk = sent[start : start + BATCH_MAX]
+        for start in range(0, len(sent), SQS_BATCH_MAX):
+            chunk = sent[start : start + SQS_BATCH_MAX]
             entries = [
                 {"Id": str(i), "ReceiptHandle": d.message.receipt_handle} for i, (d, _, _) in enumerate(chunk)
             ]
@@ -419,7 +418,8 @@ class AppRedrive:
     def _keep(self, batch: _Batch, dead: DeadLetter, *, visibility: int) -> None:
         """Leave the message in the DLQ: held to the end of the pass, or (watch) visible again later."""
         if self.options.watch:
-            batch.leave.append((dead.message.receipt_handle, max(0, min(VISIBILITY_CAP - 60, visibility))))
+            hold = max(0, min(SQS_VISIBILITY_CAP_SECONDS - 60, visibility))
+            batch.leave.append((dead.message.receipt_handle, hold))
         else:
             self.held.add(dead.message.receipt_handle)
 
@@ -494,8 +494,8 @@ def _chunks(items: list[tuple[DeadLetter, Plan]], *, fifo: bool) -> list[list[tu
             nbytes = _request_size(plan)
             group = dead.message.group_id
             if (
-                len(chunk) >= BATCH_MAX
-                or (chunk and size + nbytes > MAX_MESSAGE_BYTES)
+                len(chunk) >= SQS_BATCH_MAX
+                or (chunk and size + nbytes > SQS_MAX_MESSAGE_BYTES)
                 or (fifo and group in groups)
                 or (fifo and rest and any(r[0].message.group_id == group for r in rest))
             ):

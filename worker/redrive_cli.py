@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from .limits import SQS_VISIBILITY_CAP_SECONDS
 from .redrive_filter import duration_argument, filter_argument
 
 
@@ -30,8 +31,8 @@ def _positive_rate(text: str) -> float:
 
 def _lease(text: str) -> int:
     value = int(text)
-    if not 1 <= value <= 43_200:
-        raise argparse.ArgumentTypeError(f"must be 1..43200 seconds, got {value}")
+    if not 1 <= value <= SQS_VISIBILITY_CAP_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be 1..{SQS_VISIBILITY_CAP_SECONDS} seconds, got {value}")
     return value
 
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import anyio
 
-from .sqs import BATCH_MAX, CALL_ERRORS, error_code
+from .limits import SQS_BATCH_MAX
+from .sqs import CALL_ERRORS, error_code
 
 log = logging.getLogger("worker.redrive")
 
@@ -53,8 +54,8 @@ async def change_visibility(client: Any, queue_url: str, entries: Iterable[tuple
                 failed.append(chunk[int(entry["Id"])][0])
 
     async with anyio.create_task_group() as tg:
-        for start in range(0, len(items), BATCH_MAX):
-            tg.start_soon(one_batch, items[start : start + BATCH_MAX])
+        for start in range(0, len(items), SQS_BATCH_MAX):
+            tg.start_soon(one_batch, items[start : start + SQS_BATCH_MAX])
     return failed
 
 

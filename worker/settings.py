@@ -13,11 +13,11 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .errors import ConfigError
+from .limits import SQS_VISIBILITY_CAP_SECONDS
 
 ENV_PREFIX = "WORKER_"
 HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 #: SQS caps a message's visibility at 12 hours from its receive.
-VISIBILITY_CAP_SECONDS = 43_200
 #: SQS long polls wait at most 20 seconds.
 MAX_WAIT_SECONDS = 20
 #: In-flight limit of a standard queue; FIFO's is 120,000 as well since 2024 (20,000 before).
@@ -56,9 +56,9 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, le=1000, description="Upper bound of handler invocations.")
     immediate_retries: int = Field(default=1, ge=0, le=100, description="In-process retries, 1st delivery.")
     backoff_base_seconds: float = Field(default=2.0, gt=0, description="Base of the exponential backoff.")
-    backoff_max_seconds: float = Field(default=300.0, gt=0, le=VISIBILITY_CAP_SECONDS)
+    backoff_max_seconds: float = Field(default=300.0, gt=0, le=SQS_VISIBILITY_CAP_SECONDS)
     visibility_timeout_seconds: int = Field(
-        default=60, ge=1, le=VISIBILITY_CAP_SECONDS, description="Lease taken at receive, then extended."
+        default=60, ge=1, le=SQS_VISIBILITY_CAP_SECONDS, description="Lease taken at receive, then extended."
     )
     shutdown_timeout_seconds: float = Field(default=30.0, gt=0, description="Drain budget on SIGTERM.")
     http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics /healthz /readyz.")  # noqa: S104

@@ -14,13 +14,11 @@ from aiobotocore.session import get_session
 from anyio.abc import TaskStatus
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .limits import SQS_BATCH_MAX
 from .metrics import Metrics
 from .useragent import cache_user_agent
 
 log = logging.getLogger("worker.sqs")
-
-#: SQS batch APIs take at most 10 entries.
-BATCH_MAX = 10
 
 
 def client_config(*, read_timeout: float = 30.0, pool: int = 50, retry_mode: str = "standard") -> AioConfig:
@@ -138,7 +136,7 @@ class Batcher:
             self._opened.set()
         index = len(batch.entries)
         batch.entries.append(entry)
-        if index + 1 >= BATCH_MAX:
+        if index + 1 >= SQS_BATCH_MAX:
             self._seal()
         return batch, index
 
