@@ -404,17 +404,9 @@ class Bench:
 
     async def depth(self, url: str) -> int:
         """Visible + in flight + delayed."""
-        attrs = (
-            await self.client.get_queue_attributes(
-                QueueUrl=url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                    "ApproximateNumberOfMessagesDelayed",
-                ],
-            )
-        )["Attributes"]
-        return sum(int(v) for v in attrs.values())
+        from worker.sqs import queue_depth
+
+        return sum((await queue_depth(self.client, url)).values())
 
     async def preload(self, url: str, count: int, senders: int = 8) -> float:
         """Send ``count`` 200-byte JSON messages with SendMessageBatch from several senders; msg/s."""

@@ -14,6 +14,7 @@ from worker.app import Worker, run_worker
 from worker.hooks import Outcome
 from worker.metrics import Metrics
 from worker.settings import Settings
+from worker.sqs import queue_depth
 
 
 class Collecting:
@@ -122,17 +123,7 @@ async def drain(sqs: Any, url: str, *, expect: int, timeout: float = 30.0) -> li
 
 async def depth(sqs: Any, url: str) -> int:
     """Visible + in-flight + delayed messages of a queue."""
-    attrs = (
-        await sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            ],
-        )
-    )["Attributes"]
-    return sum(int(v) for v in attrs.values())
+    return sum((await queue_depth(sqs, url)).values())
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from .metrics import Metrics
 from .permissions import log_missing_permissions
 from .processor import Processor
 from .settings import Settings, env_name
-from .sqs import CALL_ERRORS, Batcher, client_config, create_client, error_code
+from .sqs import CALL_ERRORS, Batcher, client_config, create_client, error_code, queue_depth
 
 log = logging.getLogger("worker.app")
 
@@ -108,22 +108,15 @@ async def inspect_queue(client: Any, settings: Settings) -> QueueInfo:
 
 async def watch_queue_depth(client: Any, urls: dict[str, str], metrics: Metrics, interval: float) -> None:
     """Publish worker_queue_messages for the source and the DLQ from periodic GetQueueAttributes."""
-    names = {
-        "visible": "ApproximateNumberOfMessages",
-        "in_flight": "ApproximateNumberOfMessagesNotVisible",
-        "delayed": "ApproximateNumberOfMessagesDelayed",
-    }
     while True:
         for queue, url in urls.items():
             try:
-                attrs = (
-                    await client.get_queue_attributes(QueueUrl=url, AttributeNames=list(names.values()))
-                )["Attributes"]
+                counts = await queue_depth(client, url)
             except CALL_ERRORS:
                 metrics.sqs_errors.labels("GetQueueAttributes").inc()
                 continue
-            for state, attr in names.items():
-                metrics.queue_messages.labels(queue, state).set(float(attrs.get(attr, 0)))
+            for state, count in counts.items():
+                metrics.queue_messages.labels(queue, state).set(float(count))
         await anyio.sleep(interval)
 
 

@@ -23,7 +23,7 @@ from .redrive_filter import NO_RECORD, Filter, all_match
 from .redrive_hold import HeldMessages
 from .redrive_plan import DeadLetter, iso
 from .redrive_settings import QueueRef, ToolError, ToolSettings, resolve_dlq
-from .sqs import CALL_ERRORS, client_config, create_client, error_code
+from .sqs import CALL_ERRORS, DEPTH_ATTRIBUTES, client_config, create_client, error_code
 
 #: Age buckets of the breakdown: (upper bound in seconds, label).
 AGE_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -131,11 +131,7 @@ def build_report(
     """The report as plain data (what ``--json`` prints)."""
     report: dict[str, Any] = {
         "dlq": {"url": dlq.url, "arn": dlq.arn, "name": dlq.name, "fifo": dlq.fifo},
-        "counts": {
-            "visible": dlq.count("ApproximateNumberOfMessages"),
-            "in_flight": dlq.count("ApproximateNumberOfMessagesNotVisible"),
-            "delayed": dlq.count("ApproximateNumberOfMessagesDelayed"),
-        },
+        "counts": {state: dlq.count(name) for state, name in DEPTH_ATTRIBUTES.items()},
         "redrive_policy": dlq.redrive_policy,
         "source_queues": sources,
         "scan": None,

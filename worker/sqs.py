@@ -52,6 +52,21 @@ def error_code(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+#: A queue's approximate counts by state (the names the metrics and reports use) and their attribute names.
+DEPTH_ATTRIBUTES = {
+    "visible": "ApproximateNumberOfMessages",
+    "in_flight": "ApproximateNumberOfMessagesNotVisible",
+    "delayed": "ApproximateNumberOfMessagesDelayed",
+}
+
+
+async def queue_depth(client: Any, url: str) -> dict[str, int]:
+    """A queue's approximate message counts by state: visible, in_flight, delayed (one GetQueueAttributes)."""
+    response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=list(DEPTH_ATTRIBUTES.values()))
+    attrs = response["Attributes"]
+    return {state: int(attrs.get(name, 0)) for state, name in DEPTH_ATTRIBUTES.items()}
+
+
 #: Exceptions an SQS call can raise that mean "this call failed", not "the program is broken".
 CALL_ERRORS: tuple[type[BaseException], ...] = (ClientError, BotoCoreError, OSError, TimeoutError)
 
