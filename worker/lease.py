@@ -23,6 +23,8 @@ log = logging.getLogger("worker.lease")
 
 #: A lease within this many seconds of its deadline is treated as lost: a call issued now may land late.
 SAFETY_MARGIN = 1.0
+#: The heartbeat scheduler looks at its deadlines at least this often, even when nothing is due.
+RECHECK_SECONDS = 1.0
 #: Error codes that mean the receipt handle no longer holds the message.
 LOST_CODES = frozenset(
     {"ReceiptHandleIsInvalid", "MessageNotInflight", "AWS.SimpleQueueService.MessageNotInflight"}
@@ -112,10 +114,13 @@ class Heartbeats:
                     heap = self._heap
                     while heap and not heap[0][2].active:
                         heapq.heappop(heap)
-                    self._next_due = heap[0][0] if heap else math.inf
+                    now = anyio.current_time()
+                    # Idle, it still looks again every RECHECK seconds, so a message tracked meanwhile (due
+                    # half a lease later) needs no wake-up: short handlers cost this task nothing.
+                    self._next_due = min(heap[0][0] if heap else math.inf, now + RECHECK_SECONDS)
                     if self._wake.is_set():
                         self._wake = anyio.Event()
-                    wait = self._next_due - anyio.current_time()
+                    wait = self._next_due - now
                     if wait > 0:
                         with anyio.move_on_after(wait):
                             await self._wake.wait()
@@ -148,8 +153,10 @@ class Heartbeats:
         else:
             self._failed.inc()
             log.warning("visibility extension failed", extra={"event": "heartbeat_failed", "error": error})
+            # Again within a second while the lease is held: halfway to the point it counts as lost (at least
+            # 0.1 s later, so a lease about to be lost is given up after a few tries, not hammered).
             now = anyio.current_time()
-            self._schedule(beat, now + min(1.0, max(0.0, lease.deadline - now)))
+            self._schedule(beat, now + min(1.0, max(0.1, (lease.deadline - SAFETY_MARGIN - now) / 2)))
 
     def _stop(self, beat: Beat, why: str, error: str | None) -> None:
         self._lost.inc()
