@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -89,6 +91,27 @@ async def send(sqs: Any, url: str, body: Any, **kwargs: Any) -> str:
     """Send one message (dicts are JSON-encoded); returns its id."""
     text = body if isinstance(body, str) else json.dumps(body)
     return str((await sqs.send_message(QueueUrl=url, MessageBody=text, **kwargs))["MessageId"])
+
+
+def read_journal(*paths: Path) -> dict[str, collections.Counter[str]]:
+    """How many times each key logged "start" and "done" in the test handlers' journal files.
+
+    A worker killed mid-write can leave a torn last line (SIGKILL cuts a write that crosses a page boundary):
+    only lines ended by a newline count. Give each worker process its own file (``TEST_JOURNAL``), so a torn
+    line is always the last of its file and never runs into another process's line.
+    """
+    counts: dict[str, collections.Counter[str]] = {
+        "start": collections.Counter(),
+        "done": collections.Counter(),
+    }
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text().split("\n")[:-1]:
+            event, _, key = line.partition(" ")
+            if event in counts and key:
+                counts[event][key] += 1
+    return counts
 
 
 async def send_bodies(sqs: Any, url: str, bodies: Iterable[Any]) -> None:

@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from tests.conftest import QueueFactory, unique
-from tests.helpers import WorkerProcess, depth, drain, send_bodies, wait_for
+from tests.helpers import WorkerProcess, depth, drain, read_journal, send_bodies, wait_for
 from worker.deadletter import read_failure
 from worker.message import parse_sqs_attributes
 
@@ -26,19 +26,6 @@ pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(1800
 TRIALS = int(os.environ.get("CHAOS_TRIALS", "3"))
 MESSAGES = int(os.environ.get("CHAOS_MESSAGES", "2000"))
 CONCURRENCY = 50
-
-
-def _journal(path: Path) -> dict[str, collections.Counter[str]]:
-    counts: dict[str, collections.Counter[str]] = {
-        "start": collections.Counter(),
-        "done": collections.Counter(),
-    }
-    if path.exists():
-        for line in path.read_text().splitlines():
-            event, _, key = line.partition(" ")
-            if event in counts:
-                counts[event][key] += 1
-    return counts
 
 
 async def _load(sqs: Any, url: str, count: int) -> tuple[set[str], set[str]]:
@@ -79,8 +66,9 @@ async def _trial(
     trial: int, sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
 ) -> dict[str, Any]:
     q = await queues(visibility=3)
-    journal = tmp_path / f"journal-{trial}"
-    env = {**aws_env, "TEST_JOURNAL": str(journal)}
+    # One journal per process: the killed one may leave a torn last line (see read_journal).
+    journals = (tmp_path / f"journal-{trial}-killed", tmp_path / f"journal-{trial}-restarted")
+    env = {**aws_env, "TEST_JOURNAL": str(journals[0])}
     settings = {
         "queue_url": q["url"],
         "dlq_url": q["dlq_url"],
@@ -93,23 +81,27 @@ async def _trial(
     target = random.randint(MESSAGES // 10, MESSAGES // 2)
     try:
         await first.wait_ready()
-        await wait_for(lambda: sum(_journal(journal)["start"].values()) >= target, timeout=120, what="load")
+        await wait_for(
+            lambda: sum(read_journal(*journals)["start"].values()) >= target, timeout=120, what="load"
+        )
     finally:
         killed_at = time.monotonic()
         first.kill()
-    done_at_kill = sum(_journal(journal)["done"].values())
-    second = WorkerProcess(env, tmp_path, **settings).start()
+    done_at_kill = sum(read_journal(*journals)["done"].values())
+    second = WorkerProcess({**env, "TEST_JOURNAL": str(journals[1])}, tmp_path, **settings).start()
     try:
         await second.wait_ready()
         await wait_for(
-            lambda: sum(_journal(journal)["done"].values()) > done_at_kill, timeout=60, what="resumed"
+            lambda: sum(read_journal(*journals)["done"].values()) > done_at_kill, timeout=60, what="resumed"
         )
         recovery = time.monotonic() - killed_at
-        await wait_for(lambda: set(_journal(journal)["done"]) >= good, timeout=180, what="all good keys done")
+        await wait_for(
+            lambda: set(read_journal(*journals)["done"]) >= good, timeout=180, what="all good keys done"
+        )
         await wait_for(lambda: _drained(sqs, q["url"]), timeout=60, what="source drained")
     finally:
         second.kill()
-    done = _journal(journal)["done"]
+    done = read_journal(*journals)["done"]
     # Read the whole DLQ: a copy sent twice (killed between the DLQ send and the delete) is a duplicate,
     # and must not stand in for a missing poison message.
     entries = await drain(sqs, q["dlq_url"], expect=len(poison), timeout=30)

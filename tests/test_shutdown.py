@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import signal
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import QueueFactory, unique
-from tests.helpers import WorkerProcess, depth, send_bodies, wait_for
+from tests.helpers import WorkerProcess, depth, read_journal, send_bodies, wait_for
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow]
 
@@ -23,24 +22,15 @@ async def load(sqs: Any, url: str, count: int, **fields: Any) -> list[str]:
     return keys
 
 
-def journal(path: Path, event: str) -> collections.Counter[str]:
-    """How many times each key logged ``event``."""
-    counts: collections.Counter[str] = collections.Counter()
-    if path.exists():
-        for line in path.read_text().splitlines():
-            kind, _, key = line.partition(" ")
-            if kind == event:
-                counts[key] += 1
-    return counts
-
-
 async def test_sigterm_under_load_loses_nothing_and_finishes_nothing_twice(
     sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
 ) -> None:
     """SIGTERM mid-load: exit 0 within the drain budget; every message done exactly once across restarts."""
     q = await queues(visibility=30)
     keys = await load(sqs, q["url"], 300, sleep=0.2)
-    env = {**aws_env, "TEST_JOURNAL": str(tmp_path / "journal")}
+    # One journal per process: a killed one may leave a torn last line (see read_journal).
+    journals = (tmp_path / "journal-first", tmp_path / "journal-second")
+    env = {**aws_env, "TEST_JOURNAL": str(journals[0])}
     settings = {
         "queue_url": q["url"],
         "dlq_url": q["dlq_url"],
@@ -50,27 +40,25 @@ async def test_sigterm_under_load_loses_nothing_and_finishes_nothing_twice(
     first = WorkerProcess(env, tmp_path, **settings).start()
     try:
         await first.wait_ready()
-        await wait_for(lambda: sum(journal(tmp_path / "journal", "done").values()) >= 40, what="40 done")
+        await wait_for(lambda: sum(read_journal(*journals)["done"].values()) >= 40, what="40 done")
         stopped_at = time.monotonic()
         first.signal(signal.SIGTERM)
         assert await first.wait(timeout=20) == 0
         assert time.monotonic() - stopped_at < 8 + 3
-        done_first = journal(tmp_path / "journal", "done")
+        done_first = read_journal(*journals)["done"]
         assert sum(done_first.values()) < len(keys), "the load should outlast the first worker"
-        assert journal(tmp_path / "journal", "start") == done_first, "an in-flight handler did not finish"
+        assert read_journal(*journals)["start"] == done_first, "an in-flight handler did not finish"
     finally:
         first.kill()
-    second = WorkerProcess(env, tmp_path, **settings).start()
+    second = WorkerProcess({**env, "TEST_JOURNAL": str(journals[1])}, tmp_path, **settings).start()
     try:
         await second.wait_ready()
-        await wait_for(
-            lambda: len(journal(tmp_path / "journal", "done")) == len(keys), timeout=60, what="all done"
-        )
+        await wait_for(lambda: len(read_journal(*journals)["done"]) == len(keys), timeout=60, what="all done")
         await wait_for(lambda: _is_empty(sqs, q["url"]), timeout=20, what="queue empty")
     finally:
         second.signal(signal.SIGTERM)
         await second.wait()
-    done = journal(tmp_path / "journal", "done")
+    done = read_journal(*journals)["done"]
     assert set(done) == set(keys)
     assert max(done.values()) == 1, [k for k, n in done.items() if n > 1]
     assert await depth(sqs, q["dlq_url"]) == 0
@@ -87,7 +75,9 @@ async def test_kill_9_and_restart_loses_nothing(
     concurrency = 20
     q = await queues(visibility=3)
     keys = await load(sqs, q["url"], 200, sleep=0.1)
-    env = {**aws_env, "TEST_JOURNAL": str(tmp_path / "journal")}
+    # One journal per process: a killed one may leave a torn last line (see read_journal).
+    journals = (tmp_path / "journal-first", tmp_path / "journal-second")
+    env = {**aws_env, "TEST_JOURNAL": str(journals[0])}
     settings = {
         "queue_url": q["url"],
         "dlq_url": q["dlq_url"],
@@ -96,19 +86,27 @@ async def test_kill_9_and_restart_loses_nothing(
     }
     first = WorkerProcess(env, tmp_path, **settings).start()
     await first.wait_ready()
-    await wait_for(lambda: sum(journal(tmp_path / "journal", "done").values()) >= 50, what="50 done")
+    await wait_for(lambda: sum(read_journal(*journals)["done"].values()) >= 50, what="50 done")
     first.kill()
-    second = WorkerProcess(env, tmp_path, **settings).start()
+    second = WorkerProcess({**env, "TEST_JOURNAL": str(journals[1])}, tmp_path, **settings).start()
     try:
         await second.wait_ready()
-        await wait_for(
-            lambda: len(journal(tmp_path / "journal", "done")) == len(keys), timeout=90, what="all done"
-        )
+        await wait_for(lambda: len(read_journal(*journals)["done"]) == len(keys), timeout=90, what="all done")
         await wait_for(lambda: _is_empty(sqs, q["url"]), timeout=30, what="queue empty")
     finally:
         second.signal(signal.SIGTERM)
         await second.wait()
-    done = journal(tmp_path / "journal", "done")
+    done = read_journal(*journals)["done"]
     assert set(done) == set(keys)
     duplicates = sum(n - 1 for n in done.values())
     assert duplicates <= concurrency
+
+
+def test_journal_reader_skips_a_torn_last_line(tmp_path: Path) -> None:
+    """A killed worker's half-written last line counts for nothing; whole lines of every file count."""
+    killed, restarted = tmp_path / "a", tmp_path / "b"
+    killed.write_text("start k-1\ndone k-1\nstart k-2\ndone k")  # SIGKILL cut the last write
+    restarted.write_text("start k-2\ndone k-2\n")
+    journal = read_journal(killed, restarted, tmp_path / "never-written")
+    assert journal["start"] == {"k-1": 1, "k-2": 2}
+    assert journal["done"] == {"k-1": 1, "k-2": 1}
