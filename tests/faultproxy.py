@@ -7,6 +7,7 @@ test switches its behaviour at run time by setting attributes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import random
 import socket
@@ -36,6 +37,8 @@ class FaultProxy:
         self.faults = Faults()
         self.port = 0
         self.connections = 0
+        #: Errors the proxy answered itself, by API operation (from the X-Amz-Target header).
+        self.injected: collections.Counter[str] = collections.Counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fault-proxy")
         self._server: asyncio.AbstractServer | None = None
@@ -102,6 +105,7 @@ class FaultProxy:
                 # One request per connection while errors are injected, so every request gets its draw.
                 first_head = await reader.readuntil(b"\r\n\r\n")
                 if random.random() < self.faults.error_share:
+                    self.injected[_operation(first_head)] += 1
                     await _answer_error(first_head, reader, writer, self.faults.error_status)
                     return
                 first_head = _force_close(first_head)
@@ -161,6 +165,15 @@ def _force_close(head: bytes) -> bytes:
     """The request head with ``Connection: close``, so the server ends the connection after answering."""
     lines = [line for line in head.split(b"\r\n") if line and not line.lower().startswith(b"connection:")]
     return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
+
+
+def _operation(head: bytes) -> str:
+    """The API operation of a JSON-protocol request head ("ReceiveMessage"), or "" when it names none."""
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"x-amz-target":
+            return value.strip().decode().rpartition(".")[2]
+    return ""
 
 
 async def _answer_error(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -131,7 +132,7 @@ async def test_server_errors_and_throttling_are_counted_and_lose_nothing(
     """40 % of requests answered 503 or throttled: all processed, none dead-lettered, the errors counted."""
     q = await queues()
     env = {**aws_env, "AWS_ENDPOINT_URL": fault_proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
-    keys = [unique("err") for _ in range(100)]
+    keys = [unique("err") for _ in range(300)]  # ~60 receives and deletes: some certainly get an error
     await send_bodies(sqs, q["url"], [{"key": k} for k in keys])
     worker = WorkerProcess(
         env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
@@ -142,18 +143,36 @@ async def test_server_errors_and_throttling_are_counted_and_lose_nothing(
         worker.start()
         await worker.wait_ready()
         await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=90, what="every key done")
-        metrics = http_get(worker.port, "/metrics")[1]
         fault_proxy.faults.error_share = 0.0
         await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
         assert await depth(sqs, q["dlq_url"]) == 0
-        errors = [
-            float(line.rsplit(" ", 1)[1])
-            for line in metrics.splitlines()
-            if line.startswith("worker_sqs_errors_total{")
-        ]
-        assert sum(errors) > 0, "injected errors were not counted"
+        operations = ("ReceiveMessage", "DeleteMessageBatch")
+        assert sum(fault_proxy.injected[op] for op in operations) > 0
+
+        def counted_as_injected() -> bool:
+            # botocore retries an answered error (counted from RetryAttempts) or, after 3 failed attempts,
+            # the call fails (counted once): so injected / 3 <= counted <= injected, per operation.
+            status_code, text = http_get(worker.port, "/metrics")
+            counted = _sqs_errors(text) if status_code == 200 else {}
+            return all(
+                fault_proxy.injected[op] / 3 <= counted.get(op, 0) <= fault_proxy.injected[op]
+                for op in operations
+            )
+
+        # A long poll retried after an injected error is counted only when it returns.
+        await wait_for(counted_as_injected, timeout=30, what="injected errors counted")
     finally:
         worker.kill()
+
+
+def _sqs_errors(metrics: str) -> dict[str, float]:
+    """worker_sqs_errors_total by operation, from a /metrics page."""
+    found: dict[str, float] = {}
+    for line in metrics.splitlines():
+        match = re.fullmatch(r'worker_sqs_errors_total\{operation="(\w+)"\} (\S+)', line)
+        if match:
+            found[match[1]] = float(match[2])
+    return found
 
 
 async def test_lost_lease_is_never_deleted(
