@@ -10,12 +10,15 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pytest
 
 from tests.faultproxy import FaultProxy
+
+if TYPE_CHECKING:
+    from worker.localstack import EmbeddedLocalStack, LocalStackInstance
 
 # A developer can point the suite at a LocalStack already running (`worker localstack`): loopback only.
 _EXISTING_ENDPOINT = os.environ.get("TEST_LOCALSTACK_ENDPOINT")
@@ -46,6 +49,18 @@ def assert_loopback(endpoint: str) -> None:
     )
 
 
+def start_or_skip(stack: EmbeddedLocalStack) -> LocalStackInstance:
+    """Start an embedded LocalStack on loopback; if it cannot start, skip (locally) or fail (CI set)."""
+    try:
+        instance = stack.start()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"embedded LocalStack unavailable: {exc}")
+    assert_loopback(instance.endpoint)
+    return instance
+
+
 @pytest.fixture(scope="session")
 def localstack_endpoint() -> Iterator[str]:
     """One embedded LocalStack per test session (skips locally, fails in CI, when it cannot start)."""
@@ -58,13 +73,7 @@ def localstack_endpoint() -> Iterator[str]:
         return
 
     stack = EmbeddedLocalStack()
-    try:
-        instance = stack.start()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"embedded LocalStack unavailable: {exc}")
-    assert_loopback(instance.endpoint)
+    instance = start_or_skip(stack)
     os.environ["AWS_ENDPOINT_URL"] = instance.endpoint
     try:
         yield instance.endpoint

@@ -9,7 +9,6 @@ the LocalStack address swapped for this one's.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.conftest import assert_loopback
+from tests.conftest import start_or_skip
 from tests.helpers import free_port, http_get_async, wait_for
 from tests.test_deploy_support import COMPOSE, ROOT, load_yaml, settings_from_env
 
@@ -72,13 +71,7 @@ def compose_localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         if hook.suffix in {".py", ".sh"}:
             shutil.copy(hook, target / hook.name)
     stack = EmbeddedLocalStack(state_dir=root)
-    try:
-        instance = stack.start()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"embedded LocalStack unavailable: {exc}")
-    assert_loopback(instance.endpoint)
+    instance = start_or_skip(stack)
     try:
         deadline = time.monotonic() + 60
         while subprocess.run(

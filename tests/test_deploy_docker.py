@@ -78,31 +78,29 @@ def _healthcheck_command() -> list[str]:
     return [str(part) for part in parsed]
 
 
-def test_hadolint_finds_nothing_at_its_strictest() -> None:
-    """hadolint (the real linter, from PyPI) reports no finding at any level, style included."""
+def _hadolint(dockerfile: Path) -> subprocess.CompletedProcess[str]:
+    """hadolint at its strictest (style findings fail) on one Dockerfile."""
     hadolint = require("bin:hadolint")
-    result = subprocess.run(
-        [hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+    return subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "style", str(dockerfile)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_hadolint_finds_nothing_at_its_strictest() -> None:
+    """hadolint (the real linter, from PyPI) reports no finding at any level, style included."""
+    result = _hadolint(DOCKERFILE)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_does_flag_a_careless_dockerfile(tmp_path: Path) -> None:
     """The same hadolint call fails an untagged base, unpinned apt install and a shell-form CMD."""
-    hadolint = require("bin:hadolint")
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python\nRUN apt-get update && apt-get install -y curl\nCMD worker run\n")
-    result = subprocess.run(
-        [hadolint, "--no-color", "--failure-threshold", "style", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _hadolint(bad)
     assert result.returncode != 0
     for rule in ("DL3006", "DL3008", "DL3025"):
         assert rule in result.stdout, rule

@@ -135,7 +135,9 @@ class Consumer:
         item: tuple[list[tuple[Message, Any]], float] | None = (group, received_at)
         try:
             while item is not None:
-                await self._run_group(*item)
+                # The processor releases each message's slot when it stops holding it (a delete may
+                # still be in flight when this returns).
+                await self.processor.run_group(*item, self.slots.release)
                 if self._retired:
                     return
                 runner.item, runner.ready = None, anyio.Event()
@@ -231,8 +233,3 @@ class Consumer:
             await self.processor.give_back(messages, leases, 0)
         finally:
             self.slots.release(len(messages))
-
-    async def _run_group(self, group: list[tuple[Message, Any]], received_at: float) -> None:
-        # The processor releases each message's slot when it stops holding it (a delete may still be
-        # in flight when this returns).
-        await self.processor.run_group(group, received_at, self.slots.release)

@@ -137,12 +137,24 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {first['msg']}{more}"
 
 
-def _epoch_ms(value: str | None) -> datetime | None:
+def epoch_millis(value: object) -> int | None:
+    """Epoch milliseconds of an SQS timestamp attribute, or None when absent or not a valid timestamp."""
     if value is None:
         return None
     try:
-        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
-    except (ValueError, OverflowError, OSError):
+        ms = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+    return ms if _MIN_EPOCH_MS <= ms <= _MAX_EPOCH_MS else None
+
+
+def _epoch_ms(value: str | None) -> datetime | None:
+    ms = epoch_millis(value)
+    if ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
         return None
 
 
@@ -252,14 +264,7 @@ def parse_message(entry: Mapping[str, Any], queue_url: str, *, unwrap: bool = Tr
 
 def sent_timestamp_ms(entry: Mapping[str, Any]) -> int | None:
     """SentTimestamp (epoch ms) read straight from a ReceiveMessage entry, or None when absent or invalid."""
-    value = (entry.get("Attributes") or {}).get("SentTimestamp")
-    if value is None:
-        return None
-    try:
-        ms = int(value)
-    except (TypeError, ValueError):
-        return None
-    return ms if _MIN_EPOCH_MS <= ms <= _MAX_EPOCH_MS else None
+    return epoch_millis((entry.get("Attributes") or {}).get("SentTimestamp"))
 
 
 def parse_or_fallback(entry: Mapping[str, Any], queue_url: str) -> tuple[Message, DecodeError | None]:
