@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 localstack-venv: $(STAMP)
-	@$(BIN)/python -c 'from worker.localstack import ensure_venv; ensure_venv()'
+	@$(BIN)/python -c 'from worker.devkit.localstack import ensure_venv; ensure_venv()'
 
 test: lint localstack-venv
 	@scripts/ensure-promtool

@@ -173,7 +173,7 @@ def emulator(kind: str, endpoint: str | None, workdir: Path) -> Iterator[tuple[s
         yield endpoint, f"existing endpoint {endpoint}", None
         return
     if kind == "localstack":
-        from worker.localstack import EmbeddedLocalStack
+        from worker.devkit.localstack import EmbeddedLocalStack
 
         log("starting the embedded LocalStack (host mode)")
         with EmbeddedLocalStack(log_path=workdir / "localstack.log") as instance:
@@ -211,7 +211,7 @@ def emulator(kind: str, endpoint: str | None, workdir: Path) -> Iterator[tuple[s
 
 
 def _localstack_version() -> str:
-    from worker.localstack import requirements_path
+    from worker.devkit.localstack import requirements_path
 
     for line in requirements_path().read_text().splitlines():
         if line.startswith("localstack-core=="):
@@ -404,7 +404,7 @@ class Bench:
 
     async def depth(self, url: str) -> int:
         """Visible + in flight + delayed."""
-        from worker.sqs import queue_depth
+        from worker.aws.client import queue_depth
 
         return sum((await queue_depth(self.client, url)).values())
 
@@ -743,7 +743,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @contextlib.asynccontextmanager
 async def sqs_client() -> AsyncIterator[Any]:
     """The bench's own client (preloading, depth samples, latency sends)."""
-    from worker.sqs import client_config, create_client
+    from worker.aws.client import client_config, create_client
 
     async with create_client("sqs", client_config(read_timeout=30, pool=20)) as client:
         yield client

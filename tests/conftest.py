@@ -18,7 +18,7 @@ import pytest
 from tests.faultproxy import FaultProxy
 
 if TYPE_CHECKING:
-    from worker.localstack import EmbeddedLocalStack, LocalStackInstance
+    from worker.devkit.localstack import EmbeddedLocalStack, LocalStackInstance
 
 # A developer can point the suite at a LocalStack already running (`worker localstack`): loopback only.
 _EXISTING_ENDPOINT = os.environ.get("TEST_LOCALSTACK_ENDPOINT")
@@ -64,7 +64,7 @@ def start_or_skip(stack: EmbeddedLocalStack) -> LocalStackInstance:
 @pytest.fixture(scope="session")
 def localstack_endpoint() -> Iterator[str]:
     """One embedded LocalStack per test session (skips locally, fails in CI, when it cannot start)."""
-    from worker.localstack import EmbeddedLocalStack
+    from worker.devkit.localstack import EmbeddedLocalStack
 
     if _EXISTING_ENDPOINT:
         assert_loopback(_EXISTING_ENDPOINT)
@@ -104,7 +104,7 @@ def fault_proxy(aws_env: dict[str, str]) -> Iterator[FaultProxy]:
 @pytest.fixture
 async def sqs(localstack_endpoint: str) -> AsyncIterator[Any]:
     """An aiobotocore SQS client on LocalStack, retries off."""
-    from worker.sqs import client_config, create_client
+    from worker.aws.client import client_config, create_client
 
     assert_loopback(os.environ["AWS_ENDPOINT_URL"])
     async with create_client("sqs", client_config(read_timeout=30)) as client:
@@ -116,7 +116,7 @@ async def aws(localstack_endpoint: str) -> AsyncIterator[Callable[[str], Any]]:
     """Clients for other services (sns, s3, events) on LocalStack, closed after the test."""
     from contextlib import AsyncExitStack
 
-    from worker.sqs import client_config, create_client
+    from worker.aws.client import client_config, create_client
 
     async with AsyncExitStack() as stack:
         cache: dict[str, Any] = {}

@@ -12,11 +12,11 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from worker.app import Worker, run_worker
-from worker.hooks import Outcome
-from worker.metrics import Metrics
+from worker.aws.client import queue_depth
+from worker.engine.outcome import Outcome
+from worker.service.app import Worker, run_worker
 from worker.settings import Settings
-from worker.sqs import queue_depth
+from worker.telemetry.metrics import Metrics
 
 
 class Collecting:

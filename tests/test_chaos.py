@@ -18,8 +18,8 @@ import pytest
 
 from tests.conftest import QueueFactory, unique
 from tests.helpers import WorkerProcess, depth, drain, read_journal, send_bodies, wait_for
-from worker.deadletter import read_failure
-from worker.message import parse_sqs_attributes
+from worker.deadletter.record import read_failure
+from worker.engine.message import parse_sqs_attributes
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(1800)]
 

@@ -11,9 +11,9 @@ import pytest
 from tests import handlers
 from tests.conftest import QueueFactory, unique
 from tests.helpers import Collecting, depth, drain, running_worker, send, wait_for
-from worker.deadletter import FAILURE_ATTRIBUTE, read_failure
-from worker.message import parse_sqs_attributes
-from worker.policy import Condition
+from worker.deadletter.record import FAILURE_ATTRIBUTE, read_failure
+from worker.engine.message import parse_sqs_attributes
+from worker.engine.policy import Condition
 
 pytestmark = pytest.mark.localstack
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker._version import __version__
-from worker.deadletter import (
+from worker.deadletter.record import (
     FAILURE_ATTRIBUTE,
     FORMAT_VERSION,
     MAX_ERROR_CHARS,
@@ -27,8 +27,8 @@ from worker.deadletter import (
     read_failure,
     restore_attributes,
 )
+from worker.engine.message import Message, MessageAttribute, parse_message, parse_sqs_attributes
 from worker.limits import SQS_MAX_ATTRIBUTES, SQS_MAX_MESSAGE_BYTES
-from worker.message import Message, MessageAttribute, parse_message, parse_sqs_attributes
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 QUEUE_ARN = "arn:aws:sqs:us-east-1:123456789012:orders"

@@ -62,7 +62,7 @@ async def _counters(port: int) -> str:
 @pytest.fixture(scope="module")
 def compose_localstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """An embedded LocalStack whose init directory holds the compose hooks (skips locally, fails in CI)."""
-    from worker.localstack import EmbeddedLocalStack
+    from worker.devkit.localstack import EmbeddedLocalStack
 
     root = tmp_path_factory.mktemp("compose-localstack")
     target = root / "etc" / "localstack" / "init" / "ready.d"

@@ -180,9 +180,9 @@ def test_healthcheck_targets_the_worker_liveness_endpoint() -> None:
 
 async def test_healthcheck_command_passes_on_a_live_worker_and_fails_otherwise() -> None:
     """The HEALTHCHECK command exits 0 against the worker's real /healthz, non-zero when stale or down."""
-    from worker.health import Health
-    from worker.http import HttpServer
-    from worker.metrics import Metrics
+    from worker.service.http import HttpServer
+    from worker.telemetry.health import Health
+    from worker.telemetry.metrics import Metrics
 
     command = [sys.executable, *_healthcheck_command()[1:]]
 

@@ -95,7 +95,7 @@ def settings_from_env(env: dict[str, str]) -> Any:
 
 def grace_margin() -> float:
     """Seconds the worker needs after its drain budget: destination flush grace, client close, a margin."""
-    from worker.destinations import CLIENT_CLOSE_SECONDS, SHUTDOWN_GRACE_SECONDS
+    from worker.destinations.delivery import CLIENT_CLOSE_SECONDS, SHUTDOWN_GRACE_SECONDS
 
     return SHUTDOWN_GRACE_SECONDS + CLIENT_CLOSE_SECONDS + 5.0
 
@@ -110,7 +110,7 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     from prometheus_client.metrics import MetricWrapperBase
     from prometheus_client.parser import text_string_to_metric_families
 
-    from worker.metrics import Metrics
+    from worker.telemetry.metrics import Metrics
 
     metrics = Metrics()
     for value in vars(metrics).values():
@@ -128,7 +128,7 @@ def exported_families() -> dict[str, str]:
     """Metric family name as exposed in ``# TYPE`` lines (counters with ``_total``) -> type."""
     from prometheus_client import generate_latest
 
-    from worker.metrics import Metrics
+    from worker.telemetry.metrics import Metrics
 
     text = generate_latest(Metrics().registry).decode()
     return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))

@@ -20,8 +20,7 @@ import pytest
 from tests import handlers
 from tests.conftest import QueueFactory, unique
 from tests.helpers import depth, drain, running_worker, send, wait_for
-from worker.destination_uri import parse_destination
-from worker.destinations import (
+from worker.destinations.delivery import (
     DETAIL_TYPE_FAILURE,
     DETAIL_TYPE_SUCCESS,
     DeliveryError,
@@ -29,14 +28,15 @@ from worker.destinations import (
     DestinationSink,
     build_sink,
 )
+from worker.destinations.record import DestinationRecord
+from worker.destinations.uri import parse_destination
+from worker.engine.message import Message
+from worker.engine.outcome import NullSink, Outcome
+from worker.engine.policy import Condition
 from worker.errors import ConfigError
-from worker.hooks import NullSink, Outcome
 from worker.limits import SNS_MAX_BYTES
-from worker.message import Message
-from worker.metrics import Metrics
-from worker.policy import Condition
-from worker.records import DestinationRecord
 from worker.settings import Settings
+from worker.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.localstack
 

@@ -11,8 +11,8 @@ import pytest
 from tests.conftest import QueueFactory
 from tests.test_redrive_support import dead_letter, queue_counts, seed
 from worker.cli import build_parser
-from worker.dlq import inspect, render_text
-from worker.redrive_settings import ToolError, ToolSettings
+from worker.ops.dlq import inspect, render_text
+from worker.ops.settings import ToolError, ToolSettings
 
 pytestmark = pytest.mark.localstack
 

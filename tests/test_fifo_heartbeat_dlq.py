@@ -11,10 +11,10 @@ import pytest
 from tests import handlers
 from tests.conftest import QueueFactory, unique
 from tests.helpers import Collecting, depth, drain, running_worker, send, wait_for
-from worker.deadletter import dead_letter_dedup_id, read_failure
-from worker.message import parse_sqs_attributes
-from worker.metrics import Metrics
-from worker.policy import Condition
+from worker.deadletter.record import dead_letter_dedup_id, read_failure
+from worker.engine.message import parse_sqs_attributes
+from worker.engine.policy import Condition
+from worker.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.localstack
 

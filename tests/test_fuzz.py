@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from tests.conftest import unique
 from tests.helpers import Collecting, drain, running_worker, wait_for
-from worker.deadletter import read_failure, restore_attributes
-from worker.message import looks_like_sns_envelope, parse_sqs_attributes
-from worker.sqs import client_config, create_client
+from worker.aws.client import client_config, create_client
+from worker.deadletter.record import read_failure, restore_attributes
+from worker.engine.message import looks_like_sns_envelope, parse_sqs_attributes
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import QueueFactory, unique
 from tests.faultproxy import FaultProxy
 from tests.helpers import Collecting, WorkerProcess, http_get, http_get_async, running_worker, send, wait_for
-from worker.metrics import Metrics
+from worker.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.localstack
 

@@ -12,7 +12,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.test_deploy_support import DEPLOY, load_json
-from worker.permissions import (
+from worker.service.permissions import (
     PermissionReport,
     Requirement,
     check_permissions,

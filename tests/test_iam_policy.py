@@ -35,8 +35,8 @@ AUTHORIZED_AS = {
 IMPLIED = {
     "sqs:StartMessageMoveTask": {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"},
 }
-WORKER_ROOTS = ("worker.app", "worker.permissions")
-REDRIVE_ROOTS = ("worker.redrive", "worker.dlq")
+WORKER_ROOTS = ("worker.service.app", "worker.service.permissions")
+REDRIVE_ROOTS = ("worker.ops.redrive.command", "worker.ops.dlq")
 
 
 @cache
@@ -196,7 +196,7 @@ def test_worker_policy_allows_exactly_what_the_worker_calls() -> None:
 
 def test_worker_policy_names_exactly_the_resources_of_the_deployed_configuration() -> None:
     """(action, resource) pairs equal required_permissions() for the manifests, plus the self-check."""
-    from worker.permissions import arn_of_queue_url, required_permissions
+    from worker.service.permissions import arn_of_queue_url, required_permissions
 
     configmap = load_yaml(DEPLOY / "k8s" / "configmap.yaml")["data"]
     settings = settings_from_env(configmap)
@@ -245,6 +245,6 @@ def load_yaml_all_k8s() -> list[dict[str, Any]]:
 
 def test_redrive_policy_allows_exactly_what_the_redrive_tools_call() -> None:
     """redrive-policy.json's actions equal those called from `worker redrive` and `worker dlq`."""
-    if _module_path("worker.redrive") is None:
+    if _module_path("worker.ops.redrive.command") is None:
         pytest.skip("worker/redrive.py has not landed yet: nothing to derive the redrive policy from")
     assert policy_actions(load_json(IAM / "redrive-policy.json")) == actions_called(REDRIVE_ROOTS)

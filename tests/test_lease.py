@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from tests.helpers import wait_for
-from worker.lease import Heartbeats, Lease
-from worker.metrics import Metrics
+from worker.engine.lease import Heartbeats, Lease
+from worker.telemetry.metrics import Metrics
 
 #: A 3 s visibility: half of it is 2 s (the floor), so an extension falls due 1 s after the receive.
 VISIBILITY = 3

@@ -21,8 +21,8 @@ from typing import IO
 
 import pytest
 
-from worker import localstack
-from worker.localstack import (
+from worker.devkit import localstack
+from worker.devkit.localstack import (
     MARKER_NAME,
     EmbeddedLocalStack,
     LocalStackError,

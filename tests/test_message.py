@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from worker.engine.message import Message, MessageAttribute, parse_message, parse_or_fallback
 from worker.errors import DecodeError, SchemaError
-from worker.message import Message, MessageAttribute, parse_message, parse_or_fallback
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 TOPIC = "arn:aws:sns:us-east-1:123456789012:orders-topic"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import QueueFactory, unique
-from worker.message import Message, parse_message
+from worker.engine.message import Message, parse_message
 
 pytestmark = pytest.mark.localstack
 

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.limits import SQS_VISIBILITY_CAP_SECONDS
-from worker.policy import (
+from worker.engine.policy import (
     CAP_MARGIN_SECONDS,
     TERMINAL,
     Ack,
@@ -29,6 +28,7 @@ from worker.policy import (
     decide,
     visibility_cap,
 )
+from worker.limits import SQS_VISIBILITY_CAP_SECONDS
 
 PROPS = settings(max_examples=200, deadline=None)
 DEFAULT = RetryConfig()

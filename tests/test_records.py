@@ -13,19 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from worker.deadletter import FAILURE_ATTRIBUTE, failure_record
-from worker.destination_uri import parse_destination
-from worker.errors import ConfigError
-from worker.hooks import Outcome
-from worker.limits import EVENTS_MAX_BYTES, SNS_MAX_BYTES, SQS_MAX_MESSAGE_BYTES
-from worker.message import Message, MessageAttribute, SnsInfo
-from worker.policy import Condition
-from worker.records import (
+from worker.deadletter.record import FAILURE_ATTRIBUTE, failure_record
+from worker.destinations.record import (
     build_record,
     fit_record,
     iso_timestamp,
     s3_key,
 )
+from worker.destinations.uri import parse_destination
+from worker.engine.message import Message, MessageAttribute, SnsInfo
+from worker.engine.outcome import Outcome
+from worker.engine.policy import Condition
+from worker.errors import ConfigError
+from worker.limits import EVENTS_MAX_BYTES, SNS_MAX_BYTES, SQS_MAX_MESSAGE_BYTES
 from worker.settings import load_settings
 
 QUEUE = "http://127.0.0.1:4566/000000000000/orders"

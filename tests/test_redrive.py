@@ -11,9 +11,9 @@ import pytest
 from tests.conftest import QueueFactory, unique
 from tests.helpers import depth, drain, running_worker, send, wait_for
 from tests.test_redrive_support import dead_letter, original_id, queue_counts, record_of, redrive, seed
-from worker.deadletter import FAILURE_ATTRIBUTE
-from worker.redrive_filter import parse_filter
-from worker.redrive_plan import Verdict
+from worker.deadletter.record import FAILURE_ATTRIBUTE
+from worker.ops.filters import parse_filter
+from worker.ops.redrive.plan import Verdict
 
 pytestmark = pytest.mark.localstack
 

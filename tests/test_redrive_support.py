@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker import Message, PermanentError
-from worker.deadletter import FAILURE_ATTRIBUTE, build_dead_letter, failure_record, read_failure
-from worker.message import parse_message, parse_sqs_attributes
-from worker.redrive import RedriveOptions, Report, run_redrive
-from worker.redrive_settings import ToolSettings
+from worker.deadletter.record import FAILURE_ATTRIBUTE, build_dead_letter, failure_record, read_failure
+from worker.engine.message import parse_message, parse_sqs_attributes
+from worker.ops.redrive.command import RedriveOptions, Report, run_redrive
+from worker.ops.settings import ToolSettings
 
 
 def dead_letter(

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.deadletter import FAILURE_ATTRIBUTE, failure_record, read_failure
+from worker.deadletter.record import FAILURE_ATTRIBUTE, failure_record, read_failure
+from worker.engine.message import MessageAttribute, parse_message, parse_sqs_attributes
 from worker.errors import ConfigError
-from worker.message import MessageAttribute, parse_message, parse_sqs_attributes
-from worker.ratelimit import TokenBucket, default_burst
-from worker.redrive import RedriveOptions, Report, _confirm, choose_mode, usage_problem
-from worker.redrive_filter import Facts, parse_duration, parse_filter
-from worker.redrive_plan import DeadLetter, Verdict, plan_redrive, redrive_dedup_id
-from worker.redrive_progress import Tally, format_bar
-from worker.redrive_settings import QueueRef, ToolError, is_loopback, load_tool_settings
+from worker.ops.filters import Facts, parse_duration, parse_filter
+from worker.ops.progress import Tally, format_bar
+from worker.ops.redrive.command import RedriveOptions, Report, _confirm, choose_mode, usage_problem
+from worker.ops.redrive.plan import DeadLetter, Verdict, plan_redrive, redrive_dedup_id
+from worker.ops.redrive.ratelimit import TokenBucket, default_burst
+from worker.ops.settings import QueueRef, ToolError, is_loopback, load_tool_settings
 
 SOURCE = {
     "url": "https://sqs.us-east-1.amazonaws.com/123456789012/orders",
@@ -157,7 +157,7 @@ def dlq_entry(
             handler_version="v1",
             now=NOW - timedelta(hours=2),
         )
-        from worker.deadletter import build_dead_letter
+        from worker.deadletter.record import build_dead_letter
 
         attrs = build_dead_letter(message, dataclasses.replace(rec, redrive_count=redrive_count), fifo=False)[
             "MessageAttributes"
@@ -211,7 +211,7 @@ def test_copy_restores_displaced_attributes() -> None:
     ten = {f"a{i:02d}": MessageAttribute("String", str(i)) for i in range(10)}
     plan = plan_for(dlq_entry(attributes=ten))
     attrs = parse_sqs_attributes(plan.request["MessageAttributes"])
-    from worker.deadletter import restore_attributes
+    from worker.deadletter.record import restore_attributes
 
     assert len(attrs) == 10
     assert restore_attributes(attrs) == ten
@@ -389,7 +389,7 @@ def test_tool_settings_need_no_handler(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_dry_run_report_lists_would_move() -> None:
     """The text summary of a dry run says nothing moved and lists each message that would."""
-    from worker.redrive_app import Result
+    from worker.ops.redrive.app_mode import Result
 
     report = Report(
         mode="app",
@@ -410,7 +410,7 @@ def test_dry_run_report_lists_would_move() -> None:
 
 def test_fifo_sends_one_message_per_group_per_call() -> None:
     """SendMessageBatch calls on a FIFO target take one message per group, in order; at most 10 per call."""
-    from worker.redrive_app import _chunks
+    from worker.ops.redrive.app_mode import _chunks
 
     items = []
     for group, n in [("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1)]:

@@ -10,8 +10,8 @@ import pytest
 from aiobotocore.session import get_session
 from botocore.useragent import UserAgentString
 
-from worker.sqs import client_config, create_client
-from worker.useragent import cache_user_agent
+from worker.aws.client import client_config, create_client
+from worker.aws.useragent import cache_user_agent
 
 pytestmark = pytest.mark.localstack
 

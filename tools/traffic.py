@@ -20,7 +20,7 @@ from typing import TextIO
 
 import anyio
 
-from worker.demo import build_orders, publish
+from worker.devkit.demo import build_orders, publish
 
 BATCH = 10
 

@@ -1,18 +1,18 @@
 """A resilient asyncio SQS/SNS worker: timeouts, staged retries, dead-lettering, destinations, metrics."""
 
-from ._version import __version__ as __version__
-from .errors import ConfigError as ConfigError
-from .errors import DecodeError as DecodeError
-from .errors import PermanentError as PermanentError
-from .errors import RetryLater as RetryLater
-from .errors import SchemaError as SchemaError
-from .errors import WorkerError as WorkerError
-from .hooks import Outcome as Outcome
-from .message import Message as Message
-from .message import MessageAttribute as MessageAttribute
-from .message import SnsInfo as SnsInfo
-from .policy import Condition as Condition
-from .records import DestinationRecord as DestinationRecord
+from worker._version import __version__ as __version__
+from worker.destinations.record import DestinationRecord as DestinationRecord
+from worker.engine.message import Message as Message
+from worker.engine.message import MessageAttribute as MessageAttribute
+from worker.engine.message import SnsInfo as SnsInfo
+from worker.engine.outcome import Outcome as Outcome
+from worker.engine.policy import Condition as Condition
+from worker.errors import ConfigError as ConfigError
+from worker.errors import DecodeError as DecodeError
+from worker.errors import PermanentError as PermanentError
+from worker.errors import RetryLater as RetryLater
+from worker.errors import SchemaError as SchemaError
+from worker.errors import WorkerError as WorkerError
 
 __all__ = [  # noqa: RUF022 - grouped by purpose, as the docs present them
     # handler API

@@ -1,5 +1,5 @@
 """``python -m worker``."""
 
-from .cli import main
+from worker.cli import main
 
 raise SystemExit(main())

@@ -6,8 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ._version import __version__
-from .errors import ConfigError
+from worker._version import __version__
+from worker.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--endpoint", default=None, help="use this running LocalStack instead of starting one")
     demo.add_argument("--prefix", default="demo", help="name prefix of the resources it creates")
     demo.add_argument("--summary-json", default=None, metavar="PATH", help="also write the summary as JSON")
-    from .redrive_cli import add_dlq_parser, add_redrive_parser
+    from worker.ops.arguments import add_dlq_parser, add_redrive_parser
 
     add_dlq_parser(sub)
     add_redrive_parser(sub)
@@ -46,11 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return _run()
         if args.command == "localstack":
-            from .localstack import main_foreground
+            from worker.devkit.localstack import main_foreground
 
             return main_foreground(args.port)
         if args.command == "demo":
-            from .demo import main as demo_main
+            from worker.devkit.demo import main as demo_main
 
             return demo_main(
                 messages=args.messages,
@@ -61,14 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summary_json=args.summary_json,
             )
         if args.command in ("dlq", "redrive"):
-            from .redrive_settings import load_tool_settings
+            from worker.ops.settings import load_tool_settings
 
             tool_settings = load_tool_settings()
             if args.command == "dlq":
-                from .dlq import main as dlq_main
+                from worker.ops.dlq import main as dlq_main
 
                 return dlq_main(args, tool_settings)
-            from .redrive import main as redrive_main
+            from worker.ops.redrive.command import main as redrive_main
 
             return redrive_main(args, tool_settings)
     except ConfigError as exc:
@@ -82,9 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run() -> int:
     import anyio
 
-    from .app import run_worker
-    from .logs import configure_logging
-    from .settings import load_settings
+    from worker.service.app import run_worker
+    from worker.settings import load_settings
+    from worker.telemetry.logs import configure_logging
 
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .errors import ConfigError
-from .limits import SQS_VISIBILITY_CAP_SECONDS
+from worker.errors import ConfigError
+from worker.limits import SQS_VISIBILITY_CAP_SECONDS
 
 ENV_PREFIX = "WORKER_"
 HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -99,7 +99,7 @@ class Settings(BaseSettings):
     @field_validator("on_success", "on_failure")
     @classmethod
     def _valid_destinations(cls, value: list[str]) -> list[str]:
-        from .destination_uri import parse_destination
+        from worker.destinations.uri import parse_destination
 
         for uri in value:
             parse_destination(uri)

@@ -1,0 +1,321 @@
+"""The dead-letter record: build the DLQ message (pure, SQS limits enforced here) and read it back.
+
+The DLQ message keeps the source ``raw_body`` byte for byte and the original message attributes. The
+failure metadata travels as JSON in one extra attribute, ``worker.failure``. SQS allows 10 attributes
+per message: when the original already has 10, the last one by name moves into the metadata
+(``displaced_attributes``) and ``restore_attributes`` puts it back, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from worker._version import __version__
+from worker.aws.client import CALL_ERRORS, error_code
+from worker.engine.message import Message, MessageAttribute
+from worker.limits import SQS_MAX_ATTRIBUTES, SQS_MAX_MESSAGE_BYTES
+from worker.telemetry.metrics import Metrics
+
+log = logging.getLogger("worker.deadletter")
+
+FAILURE_ATTRIBUTE = "worker.failure"
+FORMAT_VERSION = 1
+#: Error messages are cut to this many characters in the record.
+MAX_ERROR_CHARS = 2048
+
+
+class DeadLetterTooLarge(Exception):  # noqa: N818 - a condition, not a failure of ours
+    """The body and attributes leave no room for even the minimal failure metadata."""
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRecord:
+    """Failure metadata of a dead-lettered message (format version ``v``)."""
+
+    error_type: str
+    error_message: str
+    condition: str
+    attempts: int
+    receive_count: int
+    original_message_id: str
+    source_queue_url: str
+    source_queue_arn: str
+    handler: str
+    handler_version: str
+    dead_lettered_at: str
+    first_received_at: str | None = None
+    sent_at: str | None = None
+    worker_version: str = __version__
+    redrive_count: int = 0
+    #: Set by ``worker redrive`` on the copy it sends (whose redrive_count it already raised).
+    redriven_at: str | None = None
+    history: tuple[dict[str, Any], ...] = ()
+    displaced_attributes: Mapping[str, Any] = field(default_factory=dict)
+    v: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        """Compact JSON, the attribute's value."""
+        data = asdict(self)
+        data["history"] = list(self.history)
+        data["displaced_attributes"] = dict(self.displaced_attributes)
+        if not data["history"]:
+            del data["history"]
+        if not data["displaced_attributes"]:
+            del data["displaced_attributes"]
+        if data["redriven_at"] is None:
+            del data["redriven_at"]
+        # ASCII-only: a lone surrogate in an error message cannot be UTF-8 encoded (and SQS rejects
+        # U+FFFE/U+FFFF); escaped, the value is always sendable and reads back identical.
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def failure_record(
+    message: Message,
+    *,
+    error_type: str,
+    error_message: str,
+    condition: str,
+    attempts: int,
+    source_queue_arn: str,
+    handler: str,
+    handler_version: str,
+    now: datetime,
+    previous: FailureRecord | None = None,
+) -> FailureRecord:
+    """The failure metadata for a message about to be dead-lettered."""
+    history: tuple[dict[str, Any], ...] = ()
+    redrive_count = 0
+    original_id = message.id
+    if previous is not None:
+        prior = asdict(previous)
+        prior.pop("history", None)
+        prior.pop("displaced_attributes", None)
+        if prior.get("redriven_at") is None:
+            prior.pop("redriven_at", None)
+        history = (*previous.history, prior)
+        # A record on the incoming message means it was dead-lettered before and redriven since;
+        # ``worker redrive`` counts its own moves (redriven_at set), other moves are counted here.
+        redrive_count = previous.redrive_count + (0 if previous.redriven_at else 1)
+        original_id = previous.original_message_id
+    return FailureRecord(
+        error_type=error_type,
+        error_message=error_message[:MAX_ERROR_CHARS],
+        condition=condition,
+        attempts=attempts,
+        receive_count=message.receive_count,
+        original_message_id=original_id,
+        source_queue_url=message.queue_url,
+        source_queue_arn=source_queue_arn,
+        handler=handler,
+        handler_version=handler_version,
+        dead_lettered_at=_iso(now) or "",
+        first_received_at=_iso(message.first_received_at),
+        sent_at=_iso(message.sent_at),
+        redrive_count=redrive_count,
+        history=history,
+    )
+
+
+def _encode_attribute(attr: MessageAttribute) -> dict[str, str]:
+    if isinstance(attr.value, bytes):
+        return {"DataType": attr.data_type, "BinaryValue": base64.b64encode(attr.value).decode()}
+    return {"DataType": attr.data_type, "StringValue": attr.value}
+
+
+def _decode_attribute(raw: Mapping[str, str]) -> MessageAttribute:
+    if "BinaryValue" in raw:
+        return MessageAttribute(raw["DataType"], base64.b64decode(raw["BinaryValue"]))
+    return MessageAttribute(raw["DataType"], raw.get("StringValue", ""))
+
+
+def _decodable(raw: object) -> bool:
+    if not isinstance(raw, dict) or not isinstance(raw.get("DataType"), str):
+        return False
+    value = raw.get("BinaryValue", raw.get("StringValue", ""))
+    if not isinstance(value, str):
+        return False
+    if "BinaryValue" in raw:
+        try:
+            base64.b64decode(value, validate=True)
+        except ValueError:
+            return False
+    return True
+
+
+def message_size(body: str, attributes: Mapping[str, MessageAttribute]) -> int:
+    """Bytes SQS counts for a message: body plus each attribute's name, type and value."""
+    return len(body.encode()) + sum(len(name.encode()) + attr.size() for name, attr in attributes.items())
+
+
+def build_dead_letter(message: Message, record: FailureRecord, *, fifo: bool) -> dict[str, Any]:
+    """SendMessage arguments (without QueueUrl) for the DLQ copy of ``message``; pure.
+
+    Raises DeadLetterTooLarge when even a minimal record does not fit: the caller then leaves the
+    message on the source queue for the broker's own RedrivePolicy, which moves it unchanged.
+    """
+    # Originals as first received: a redriven message carries its old record (and what it displaced).
+    originals = restore_attributes(message.sqs_attributes)
+    kept = dict(sorted(originals.items()))
+    displaced: dict[str, Any] = {}
+    while len(kept) > SQS_MAX_ATTRIBUTES - 1:
+        name = next(reversed(kept))
+        displaced[name] = _encode_attribute(kept.pop(name))
+    if displaced:
+        record = _replace(record, displaced_attributes=dict(sorted(displaced.items())))
+    for candidate in (record, _replace(record, error_message=record.error_message[:256]), _minimal(record)):
+        attributes = {**kept, FAILURE_ATTRIBUTE: MessageAttribute("String", candidate.to_json())}
+        if message_size(message.raw_body, attributes) <= SQS_MAX_MESSAGE_BYTES:
+            break
+    else:
+        raise DeadLetterTooLarge(f"message {message.id} leaves no room for failure metadata")
+    request: dict[str, Any] = {
+        "MessageBody": message.raw_body,
+        "MessageAttributes": {name: attr.to_sqs() for name, attr in attributes.items()},
+    }
+    if fifo:
+        request["MessageGroupId"] = message.group_id or "default"
+        request["MessageDeduplicationId"] = dead_letter_dedup_id(
+            record.original_message_id, record.redrive_count
+        )
+    return request
+
+
+def dead_letter_dedup_id(original_message_id: str, redrive_count: int) -> str:
+    """FIFO DLQ deduplication id from the source message id: never a content hash (SQS would drop repeats)."""
+    return f"dlq-{original_message_id}-{redrive_count}"[:128]
+
+
+def _replace(record: FailureRecord, **changes: Any) -> FailureRecord:
+    data = asdict(record)
+    data["history"] = record.history
+    data.update(changes)
+    return FailureRecord(**data)
+
+
+def _minimal(record: FailureRecord) -> FailureRecord:
+    return _replace(record, error_message="", history=(), source_queue_url="", handler_version="")
+
+
+def read_failure(attributes: Mapping[str, MessageAttribute]) -> FailureRecord | None:
+    """The failure metadata of a DLQ message, or None when it carries none (e.g. moved by the broker)."""
+    attr = attributes.get(FAILURE_ATTRIBUTE)
+    if attr is None:
+        return None
+    try:
+        data = json.loads(attr.value)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("v") != FORMAT_VERSION:
+        return None
+    # The attribute arrives off the wire: a malformed record reads as none, never as an exception.
+    history = data.get("history", [])
+    displaced = data.get("displaced_attributes", {})
+    if not isinstance(history, list) or not all(isinstance(item, dict) for item in history):
+        return None
+    if not isinstance(displaced, dict) or not all(_decodable(raw) for raw in displaced.values()):
+        return None
+    if not isinstance(data.get("redrive_count", 0), int):
+        return None
+    data["history"] = tuple(history)
+    known = FailureRecord.__dataclass_fields__
+    try:
+        return FailureRecord(**{k: v for k, v in data.items() if k in known})
+    except TypeError:
+        return None
+
+
+def restore_attributes(attributes: Mapping[str, MessageAttribute]) -> dict[str, MessageAttribute]:
+    """The original attributes of a dead-lettered message: metadata removed, displaced ones put back."""
+    record = read_failure(attributes)
+    restored = {k: v for k, v in attributes.items() if k != FAILURE_ATTRIBUTE}
+    if record is not None:
+        for name, raw in record.displaced_attributes.items():
+            restored[name] = _decode_attribute(raw)
+    return restored
+
+
+class DeadLetterWriter:
+    """Sends failed messages to the DLQ; ``send`` returns True only once SQS acknowledged the copy."""
+
+    def __init__(
+        self,
+        client: Any,
+        dlq_url: str,
+        *,
+        source_queue_arn: str,
+        handler: str,
+        handler_version: str,
+        metrics: Metrics,
+        timeout: float = 10.0,
+    ) -> None:
+        self._client = client
+        self.dlq_url = dlq_url
+        self._fifo = dlq_url.endswith(".fifo")
+        self._source_arn = source_queue_arn
+        self._handler = handler
+        self._handler_version = handler_version
+        self._metrics = metrics
+        self._timeout = timeout
+
+    async def send(
+        self, message: Message, condition: str, error_type: str, error_message: str, attempts: int
+    ) -> bool:
+        """Write the DLQ copy with its failure record; False when it could not be acknowledged."""
+        record = failure_record(
+            message,
+            error_type=error_type,
+            error_message=error_message,
+            condition=condition,
+            attempts=attempts,
+            source_queue_arn=self._source_arn,
+            handler=self._handler,
+            handler_version=self._handler_version,
+            now=datetime.now(UTC),
+            previous=read_failure(message.sqs_attributes),
+        )
+        try:
+            request = build_dead_letter(message, record, fifo=self._fifo)
+        except DeadLetterTooLarge:
+            log.error(  # noqa: TRY400 - an expected condition, no traceback wanted
+                "message too large to carry failure metadata; left for the queue's RedrivePolicy",
+                extra={"event": "dead_letter_too_large", "message_id": message.id},
+            )
+            return False
+        with anyio.move_on_after(self._timeout, shield=True):
+            try:
+                await self._client.send_message(QueueUrl=self.dlq_url, **request)
+            except CALL_ERRORS as exc:
+                self._metrics.sqs_errors.labels("SendMessage").inc()
+                log.warning(
+                    "dead-letter send failed; the message stays on the source queue",
+                    extra={"event": "dead_letter_failed", "message_id": message.id, "error": error_code(exc)},
+                )
+                return False
+            log.info(
+                "dead-lettered",
+                extra={
+                    "event": "dead_lettered",
+                    "message_id": message.id,
+                    "condition": condition,
+                    "error_type": error_type,
+                    "attempts": attempts,
+                },
+            )
+            return True
+        self._metrics.sqs_errors.labels("SendMessage").inc()
+        log.warning(
+            "dead-letter send timed out", extra={"event": "dead_letter_failed", "message_id": message.id}
+        )
+        return False

@@ -1,0 +1,430 @@
+"""`worker demo`: the whole product in one command, on an embedded LocalStack.
+
+SNS topic -> SQS queue (RedrivePolicy) -> worker -> DLQ, with failure records archived in S3, failure
+alerts on an SNS topic and success confirmations on an SQS queue; a few hundred orders mixing
+successes, transient failures, timeouts and poison messages; live progress; a summary checked
+against what the queues and the bucket actually hold.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from worker.aws.client import client_config, create_client
+from worker.destinations.record import DestinationRecord
+from worker.settings import Settings
+from worker.telemetry.metrics import Metrics
+
+#: The mix of scenarios published (weights); see worker/examples/orders.py for what each does.
+MIX = {
+    "ok": 70,
+    "blip": 8,  # fails once, the immediate retry succeeds
+    "flaky": 6,  # fails the first delivery, a delayed retry succeeds
+    "slow": 4,  # times out on the first delivery, then succeeds
+    "stuck": 2,  # always times out: dead-lettered with condition Timeout
+    "poison": 5,  # PermanentError: dead-lettered at once
+    "invalid": 3,  # fails the payload model: SchemaError
+    "garbage": 2,  # not JSON at all: DecodeError
+}
+
+#: Records seen by the demo's in-process hook (`python:worker.demo:record_hook`), by condition.
+_RECORDS: collections.Counter[str] = collections.Counter()
+
+
+def record_hook(record: DestinationRecord) -> None:
+    """A Python destination hook: counts the records it receives (the demo's progress source)."""
+    _RECORDS[record.condition] += 1
+
+
+@dataclass
+class Topology:
+    """Names and addresses of everything the demo creates."""
+
+    topic_arn: str
+    queue_url: str
+    dlq_url: str
+    confirmations_url: str
+    alerts_arn: str
+    alerts_inbox_url: str
+    bucket: str
+    prefix: str = "failed"
+
+
+@dataclass
+class Summary:
+    """What the demo did and what the stack holds afterwards."""
+
+    published: int
+    seconds: float
+    outcomes: dict[str, int]
+    retries_immediate: int
+    retries_delayed: int
+    dlq_messages: int
+    s3_records: int
+    sns_alerts: int
+    confirmations: int
+    scenarios: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> int:
+        """Messages that ended in success."""
+        return self.outcomes.get("Success", 0)
+
+    @property
+    def dead_lettered(self) -> int:
+        """Messages that ended in the DLQ."""
+        return sum(n for condition, n in self.outcomes.items() if condition != "Success")
+
+    def consistent(self) -> list[str]:
+        """Mismatches between what the worker reported and what the stack holds (empty when all agree)."""
+        problems = []
+        if self.succeeded + self.dead_lettered != self.published:
+            problems.append(f"{self.succeeded + self.dead_lettered} outcomes for {self.published} messages")
+        for name, held in (("DLQ messages", self.dlq_messages), ("S3 records", self.s3_records)):
+            if held != self.dead_lettered:
+                problems.append(f"{name}: {held}, dead-lettered: {self.dead_lettered}")
+        if self.sns_alerts != self.dead_lettered:
+            problems.append(f"SNS alerts: {self.sns_alerts}, dead-lettered: {self.dead_lettered}")
+        if self.confirmations != self.succeeded:
+            problems.append(f"confirmations: {self.confirmations}, succeeded: {self.succeeded}")
+        return problems
+
+
+@contextmanager
+def demo_environment(endpoint: str) -> Iterator[None]:
+    """Point botocore at the local endpoint with dummy credentials; never at a real account."""
+    from urllib.parse import urlparse
+
+    host = urlparse(endpoint).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"worker demo: refusing a non-loopback endpoint {endpoint!r}")
+    saved = dict(os.environ)
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            del os.environ[name]
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="test",
+        AWS_SECRET_ACCESS_KEY="test",  # noqa: S106 - LocalStack's dummy credentials
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+async def create_topology(prefix: str, max_receive_count: int) -> Topology:
+    """Create the topic, queues, bucket and subscriptions (idempotent: reruns reuse them, emptied)."""
+    async with (
+        create_client("sqs", client_config()) as sqs,
+        create_client("sns", client_config()) as sns,
+        create_client("s3", client_config()) as s3,
+    ):
+
+        async def queue(name: str, **attributes: str) -> tuple[str, str]:
+            url = (await sqs.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]
+            await sqs.purge_queue(QueueUrl=url)
+            arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]
+            return url, arn["QueueArn"]
+
+        dlq_url, dlq_arn = await queue(f"{prefix}-orders-dlq")
+        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
+        queue_url, queue_arn = await queue(f"{prefix}-orders", RedrivePolicy=redrive, VisibilityTimeout="30")
+        confirmations_url, _ = await queue(f"{prefix}-orders-confirmed")
+        inbox_url, inbox_arn = await queue(f"{prefix}-alerts-inbox")
+        topic_arn = (await sns.create_topic(Name=f"{prefix}-orders"))["TopicArn"]
+        alerts_arn = (await sns.create_topic(Name=f"{prefix}-alerts"))["TopicArn"]
+        await sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        await sns.subscribe(
+            TopicArn=alerts_arn, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "true"}
+        )
+        bucket = f"{prefix}-failures"
+        await s3.create_bucket(Bucket=bucket)
+        listed = await s3.list_objects_v2(Bucket=bucket)
+        for item in listed.get("Contents", []):
+            await s3.delete_object(Bucket=bucket, Key=item["Key"])
+    return Topology(topic_arn, queue_url, dlq_url, confirmations_url, alerts_arn, inbox_url, bucket)
+
+
+def build_orders(count: int, seed: int = 7) -> list[tuple[str, str]]:
+    """(scenario, SNS message) pairs: the mix above, shuffled deterministically."""
+    rng = random.Random(seed)
+    scenarios = rng.choices(list(MIX), weights=list(MIX.values()), k=count)
+    orders = []
+    for index, scenario in enumerate(scenarios):
+        order = {
+            "order_id": f"o-{index:05d}",
+            "sku": f"SKU-{rng.randint(1, 40)}",
+            "quantity": rng.randint(1, 5),
+        }
+        if scenario == "invalid":
+            order["quantity"] = 0
+        elif scenario != "garbage":
+            order["scenario"] = scenario
+        body = "<order>not json</order>" if scenario == "garbage" else json.dumps(order)
+        orders.append((scenario, body))
+    return orders
+
+
+async def publish(topic_arn: str, orders: list[tuple[str, str]]) -> None:
+    """Publish the orders to the SNS topic, ten per call."""
+    async with create_client("sns", client_config()) as sns:
+        for start in range(0, len(orders), 10):
+            entries = [
+                {"Id": str(i), "Message": body} for i, (_, body) in enumerate(orders[start : start + 10])
+            ]
+            response = await sns.publish_batch(TopicArn=topic_arn, PublishBatchRequestEntries=entries)
+            if response.get("Failed"):
+                raise RuntimeError(f"SNS refused {len(response['Failed'])} messages")
+
+
+def demo_settings(topo: Topology, *, quick: bool, http_port: int) -> Settings:
+    """The worker's settings for the demo (what a user would set as WORKER_* variables)."""
+    hook = "python:worker.demo:record_hook"
+    return Settings(
+        queue_url=topo.queue_url,
+        dlq_url=topo.dlq_url,
+        handler="worker.examples.orders:handle",
+        handler_version="demo-1",
+        concurrency=50,
+        timeout_seconds=0.5 if quick else 1.0,
+        max_attempts=3,
+        immediate_retries=1,
+        backoff_base_seconds=1,
+        backoff_max_seconds=2 if quick else 4,
+        wait_time_seconds=1,
+        shutdown_timeout_seconds=10,
+        http_host="127.0.0.1",
+        http_port=http_port,
+        on_success=[topo.confirmations_url, hook],
+        on_failure=[f"s3://{topo.bucket}/{topo.prefix}", f"sns:{topo.alerts_arn}", hook],
+        queue_metrics_interval_seconds=2,
+        log_level="ERROR",
+    )
+
+
+def _counter(metrics: Metrics, name: str, **labels: str) -> int:
+    total = 0.0
+    for metric in metrics.registry.collect():
+        for s in metric.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return int(total)
+
+
+class Progress:
+    """Live progress: one rewritten line on a terminal, a plain line every few seconds otherwise."""
+
+    def __init__(self, total: int, stream: Any = None) -> None:
+        self.total = total
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_plain = 0.0
+
+    def show(self, metrics: Metrics, elapsed: float, *, final: bool = False) -> None:
+        """Print the current counts."""
+        done = sum(_RECORDS.values())
+        ok = _RECORDS.get("Success", 0)
+        line = (
+            f"[{elapsed:5.1f}s] {done}/{self.total} done: {ok} succeeded, {done - ok} dead-lettered; "
+            f"retries {_counter(metrics, 'worker_retries_total', kind='immediate')} immediate, "
+            f"{_counter(metrics, 'worker_retries_total', kind='delayed')} delayed"
+        )
+        if self.tty:
+            self.stream.write("\r" + line.ljust(100) + ("\n" if final else ""))
+            self.stream.flush()
+        elif final or time.monotonic() - self._last_plain >= 3:
+            self._last_plain = time.monotonic()
+            print(line, file=self.stream, flush=True)
+
+
+async def count_messages(url: str) -> int:
+    """Visible + in-flight + delayed messages."""
+    async with create_client("sqs", client_config()) as sqs:
+        names = [
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
+        attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names))["Attributes"]
+        return sum(int(attrs.get(n, 0)) for n in names)
+
+
+async def count_s3(bucket: str, prefix: str) -> int:
+    """Objects under the prefix."""
+    async with create_client("s3", client_config()) as s3:
+        total = 0
+        paginator = s3.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix + "/"):
+            total += len(page.get("Contents", []))
+        return total
+
+
+async def run_demo(
+    *, messages: int, quick: bool, keep: bool, http_port: int = 9102, prefix: str = "demo", stream: Any = None
+) -> Summary:
+    """Create the topology, run the worker, publish traffic, wait for every outcome, check the stack."""
+    from worker.service.app import run_worker
+    from worker.telemetry.logs import configure_logging
+
+    out = stream or sys.stdout
+    _RECORDS.clear()
+    configure_logging("ERROR", "text")  # the progress line and the summary tell the story
+    settings_probe = 3 + 2  # max_attempts + 2: the broker's redrive only catches a worker that died
+    topo = await create_topology(prefix, settings_probe)
+    port = http_port if _port_free(http_port) else 0
+    settings = demo_settings(topo, quick=quick, http_port=port)
+    orders = build_orders(messages)
+    metrics = Metrics()
+    progress = Progress(messages, out)
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        worker = await tg.start(
+            lambda task_status: run_worker(
+                settings, metrics=metrics, sink=None, handle_signals=False, task_status=task_status
+            )
+        )
+        print(f"worker running: metrics at http://127.0.0.1:{worker.http_port}/metrics", file=out)
+        print(f"publishing {messages} orders to SNS topic {topo.topic_arn.rsplit(':', 1)[-1]} ...", file=out)
+        await publish(topo.topic_arn, orders)
+        deadline = 60 + messages * 0.2
+        with anyio.move_on_after(deadline):
+            while sum(_RECORDS.values()) < messages:
+                progress.show(metrics, time.monotonic() - started)
+                await anyio.sleep(0.25)
+        progress.show(metrics, time.monotonic() - started, final=True)
+        seconds = time.monotonic() - started
+        await _wait_destinations(topo, sum(n for c, n in _RECORDS.items() if c != "Success"))
+        summary = Summary(
+            published=messages,
+            seconds=seconds,
+            outcomes=dict(_RECORDS),
+            retries_immediate=_counter(metrics, "worker_retries_total", kind="immediate"),
+            retries_delayed=_counter(metrics, "worker_retries_total", kind="delayed"),
+            dlq_messages=await count_messages(topo.dlq_url),
+            s3_records=await count_s3(topo.bucket, topo.prefix),
+            sns_alerts=await count_messages(topo.alerts_inbox_url),
+            confirmations=await count_messages(topo.confirmations_url),
+            scenarios=dict(collections.Counter(s for s, _ in orders)),
+        )
+        print_summary(summary, topo, worker.http_port, out)
+        if keep:
+            print("\n--keep: stack and worker left running; Ctrl-C to stop.", file=out)
+            await anyio.sleep_forever()
+        worker.stop()
+    return summary
+
+
+async def _wait_destinations(topo: Topology, dead_lettered: int) -> None:
+    """Destinations are asynchronous: give the S3/SNS records a few seconds to land."""
+    with anyio.move_on_after(15):
+        # Polling another system's state: there is no event to wait on.
+        while await count_s3(topo.bucket, topo.prefix) < dead_lettered:  # noqa: ASYNC110
+            await anyio.sleep(0.2)
+        while await count_messages(topo.alerts_inbox_url) < dead_lettered:  # noqa: ASYNC110
+            await anyio.sleep(0.2)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def print_summary(summary: Summary, topo: Topology, http_port: int, out: Any) -> None:
+    """The summary table and where to look next."""
+    w = out.write
+    w("\nSummary\n")
+    w(f"  published                 {summary.published:>6}   in {summary.seconds:.1f} s\n")
+    w(f"  succeeded                 {summary.succeeded:>6}\n")
+    w(f"  retried immediately       {summary.retries_immediate:>6}\n")
+    w(f"  retried after a delay     {summary.retries_delayed:>6}\n")
+    w(f"  dead-lettered             {summary.dead_lettered:>6}\n")
+    for condition, n in sorted(summary.outcomes.items()):
+        if condition != "Success":
+            w(f"    {condition:<23} {n:>6}\n")
+    w("  destination records\n")
+    w(f"    SQS confirmations       {summary.confirmations:>6}   {topo.confirmations_url}\n")
+    w(f"    S3 failure records      {summary.s3_records:>6}   s3://{topo.bucket}/{topo.prefix}/\n")
+    w(f"    SNS failure alerts      {summary.sns_alerts:>6}   {topo.alerts_arn}\n")
+    w(f"  DLQ holds                 {summary.dlq_messages:>6}   {topo.dlq_url}\n")
+    problems = summary.consistent()
+    w(
+        "  check: "
+        + ("every count matches the queues and the bucket\n" if not problems else "; ".join(problems) + "\n")
+    )
+    w("\nWhere to look next\n")
+    w(f"  metrics         http://127.0.0.1:{http_port}/metrics   (while the demo runs; use --keep)\n")
+    w(f"  the DLQ         {topo.dlq_url}   (each message carries a 'worker.failure' attribute)\n")
+    w(f"  failure records s3://{topo.bucket}/{topo.prefix}/<yyyy>/<mm>/<dd>/<condition>/<message id>.json\n")
+    w(
+        f"  run it yourself AWS_ENDPOINT_URL={os.environ.get('AWS_ENDPOINT_URL', '')} "
+        f"WORKER_QUEUE_URL={topo.queue_url} WORKER_HANDLER=worker.examples.orders:handle worker run\n"
+    )
+    out.flush()
+
+
+def main(
+    *,
+    messages: int,
+    keep: bool,
+    quick: bool,
+    endpoint: str | None,
+    summary_json: str | None = None,
+    prefix: str | None = None,
+) -> int:
+    """Entry point of `worker demo`; 0 when every count matches what the stack holds."""
+    if messages < 1:
+        print("worker demo: --messages must be at least 1", file=sys.stderr)
+        return 2
+    stack = None
+    try:
+        if endpoint is None:
+            from worker.devkit.localstack import EmbeddedLocalStack
+
+            print("starting the embedded LocalStack (host mode, no Docker) ...", flush=True)
+            stack = EmbeddedLocalStack(port=4566 if _port_free(4566) else None)
+            endpoint = stack.start().endpoint
+            print(f"LocalStack ready at {endpoint}", flush=True)
+        with demo_environment(endpoint):
+            summary = anyio.run(
+                lambda: run_demo(messages=messages, quick=quick, keep=keep, prefix=prefix or "demo")
+            )
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        if stack is not None:
+            stack.stop()
+    if summary_json:
+        data = asdict(summary) | {"succeeded": summary.succeeded, "dead_lettered": summary.dead_lettered}
+        Path(summary_json).write_text(json.dumps(data, indent=2))
+    return 0 if not summary.consistent() else 1
+
+
+def unique_prefix() -> str:
+    """A prefix for a throwaway demo run (tests)."""
+    return f"demo-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,160 @@
+"""What to do with a message after each handler outcome: a pure function of frozen inputs.
+
+No I/O, no clock, no randomness of its own: the caller passes the jitter draw and the elapsed time,
+so every branch is unit- and property-testable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from worker.limits import SQS_VISIBILITY_CAP_SECONDS
+
+#: SQS caps a message's visibility timeout at 12 hours counted from its receive.
+#: Seconds kept in hand below the cap so a change issued now still lands before it.
+CAP_MARGIN_SECONDS = 5
+
+
+class Outcome(StrEnum):
+    """How one handler invocation ended."""
+
+    SUCCESS = "Success"
+    ERROR = "Error"  # any other exception: transient
+    TIMEOUT = "Timeout"  # the per-message deadline expired: transient
+    RETRY_LATER = "RetryLater"  # the handler asked for a delay: transient
+    PERMANENT = "PermanentError"
+    DECODE = "DecodeError"
+    SCHEMA = "SchemaError"
+
+
+#: Outcomes that dead-letter at once, whatever the attempts left.
+TERMINAL = frozenset({Outcome.PERMANENT, Outcome.DECODE, Outcome.SCHEMA})
+
+
+class Condition(StrEnum):
+    """Why a message left the source queue; the ``condition`` of destination records."""
+
+    SUCCESS = "Success"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    TIMEOUT = "Timeout"
+    PERMANENT_ERROR = "PermanentError"
+    DECODE_ERROR = "DecodeError"
+    SCHEMA_ERROR = "SchemaError"
+
+
+_TERMINAL_CONDITION = {
+    Outcome.PERMANENT: Condition.PERMANENT_ERROR,
+    Outcome.DECODE: Condition.DECODE_ERROR,
+    Outcome.SCHEMA: Condition.SCHEMA_ERROR,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """The retry settings the policy needs."""
+
+    max_attempts: int = 5
+    immediate_retries: int = 1
+    backoff_base_seconds: float = 2.0
+    backoff_max_seconds: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Everything known about a message right after one handler invocation."""
+
+    outcome: Outcome
+    receive_count: int
+    immediate_retries_done: int = 0
+    retry_later_delay: float | None = None
+    seconds_since_receive: float = 0.0
+    jitter: float = 1.0  # a draw from uniform[0, 1), supplied by the caller
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Succeeded: delete the message, fire on-success destinations."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryNow:
+    """Run the handler again in process, without giving the message back."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryAfter:
+    """Give the message back: set its visibility to ``seconds`` and let SQS redeliver it."""
+
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Send to the DLQ (then delete); ``condition`` says why."""
+
+    condition: Condition
+
+
+Decision = Ack | RetryNow | RetryAfter | DeadLetter
+
+
+def attempts_made(receive_count: int, immediate_retries_done: int, config: RetryConfig) -> int:
+    """Handler invocations so far, the current one included (an upper bound after the first delivery)."""
+    if receive_count <= 1:
+        return 1 + immediate_retries_done
+    return receive_count + config.immediate_retries + immediate_retries_done
+
+
+def admit(receive_count: int, config: RetryConfig) -> DeadLetter | None:
+    """Before running: a message whose attempts are already used up is dead-lettered unrun."""
+    if receive_count > 1 and attempts_made(receive_count, 0, config) - 1 >= config.max_attempts:
+        return DeadLetter(Condition.RETRIES_EXHAUSTED)
+    return None
+
+
+def backoff_ceiling(retry_number: int, config: RetryConfig) -> float:
+    """Upper bound of the k-th delayed retry's delay: min(MAX, BASE * 2^(k-1)), overflow-safe."""
+    exponent = max(0, retry_number - 1)
+    if exponent >= 1024:
+        return config.backoff_max_seconds
+    try:
+        raw = config.backoff_base_seconds * math.pow(2.0, exponent)
+    except OverflowError:
+        return config.backoff_max_seconds
+    return min(config.backoff_max_seconds, raw)
+
+
+def backoff_delay(retry_number: int, jitter: float, config: RetryConfig) -> int:
+    """Full jitter: uniform(0, ceiling) from a [0, 1) draw, in whole seconds, at least 1."""
+    ceiling = backoff_ceiling(retry_number, config)
+    return max(1, min(int(ceiling), int(jitter * ceiling)))
+
+
+def visibility_cap(seconds_since_receive: float) -> int:
+    """The longest visibility a change issued now may ask for (SQS's 12 h counts from the receive)."""
+    return max(0, math.floor(SQS_VISIBILITY_CAP_SECONDS - CAP_MARGIN_SECONDS - seconds_since_receive))
+
+
+def decide(attempt: Attempt, config: RetryConfig) -> Decision:
+    """The decision table: success acks; terminal errors and exhausted attempts dead-letter; else retry."""
+    if attempt.outcome is Outcome.SUCCESS:
+        return Ack()
+    terminal = _TERMINAL_CONDITION.get(attempt.outcome)
+    if terminal is not None:
+        return DeadLetter(terminal)
+    made = attempts_made(attempt.receive_count, attempt.immediate_retries_done, config)
+    if made >= config.max_attempts:
+        timed_out = attempt.outcome is Outcome.TIMEOUT
+        return DeadLetter(Condition.TIMEOUT if timed_out else Condition.RETRIES_EXHAUSTED)
+    if attempt.outcome is Outcome.RETRY_LATER:
+        asked = attempt.retry_later_delay
+        if asked is not None and not math.isnan(asked):
+            cap = visibility_cap(attempt.seconds_since_receive)
+            # Compare before ceil: math.ceil(inf) raises OverflowError (RetryLater(float("inf")) is legal).
+            return RetryAfter(cap if asked >= cap else max(0, math.ceil(asked)))
+    elif attempt.receive_count <= 1 and attempt.immediate_retries_done < config.immediate_retries:
+        return RetryNow()
+    delay = backoff_delay(attempt.receive_count, attempt.jitter, config)
+    return RetryAfter(min(delay, visibility_cap(attempt.seconds_since_receive)))

@@ -1,0 +1,100 @@
+"""One Prometheus registry and every metric object of the worker (names are the public contract)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from worker._version import __version__
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+AGE_BUCKETS = (0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400, 345600)
+
+
+class Metrics:
+    """All metrics, registered in their own registry (no globals, one instance per worker)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.received = Counter(
+            "worker_messages_received", "Messages received from SQS.", ["queue"], registry=r
+        )
+        self.processed = Counter(
+            "worker_messages_processed",
+            "Messages that left a handler run, by outcome (succeeded, retried, dead_lettered).",
+            ["queue", "handler", "handler_version", "outcome"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "worker_dead_lettered",
+            "Messages written to the DLQ, by condition.",
+            ["queue", "condition"],
+            registry=r,
+        )
+        self.handler_duration = Histogram(
+            "worker_handler_duration_seconds",
+            "Wall time of one handler invocation.",
+            ["queue", "handler", "handler_version"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.handler_timeouts = Counter(
+            "worker_handler_timeouts",
+            "Handler invocations cancelled by the per-message timeout.",
+            ["queue", "handler", "handler_version"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "worker_retries",
+            "Retries scheduled, by kind (immediate, delayed).",
+            ["queue", "kind"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "worker_messages_in_flight", "Messages held by this worker.", ["queue"], registry=r
+        )
+        self.concurrency_limit = Gauge(
+            "worker_concurrency_limit", "Configured maximum of messages in flight.", ["queue"], registry=r
+        )
+        self.message_age = Histogram(
+            "worker_message_age_seconds",
+            "Age of a message when received (sent to received).",
+            ["queue"],
+            buckets=AGE_BUCKETS,
+            registry=r,
+        )
+        self.last_poll_success = Gauge(
+            "worker_last_poll_success_timestamp_seconds",
+            "Unix time of the last successful ReceiveMessage.",
+            ["queue"],
+            registry=r,
+        )
+        self.queue_messages = Gauge(
+            "worker_queue_messages",
+            "Queue depth from GetQueueAttributes, by state (visible, in_flight, delayed).",
+            ["queue", "state"],
+            registry=r,
+        )
+        self.destination_deliveries = Counter(
+            "worker_destination_deliveries",
+            "Destination deliveries, by result (ok, failed, dropped).",
+            ["destination", "result"],
+            registry=r,
+        )
+        self.sqs_errors = Counter(
+            "worker_sqs_errors", "Failed SQS calls or batch entries, by operation.", ["operation"], registry=r
+        )
+        self.heartbeats = Counter(
+            "worker_visibility_extensions",
+            "Visibility extensions (heartbeats) by result (ok, failed, lease_lost).",
+            ["queue", "result"],
+            registry=r,
+        )
+        self.redrive = Counter(
+            "worker_redrive_messages",
+            "Messages handled by the redrive worker, by result.",
+            ["source", "result"],
+            registry=r,
+        )
+        self.build_info = Info("worker_build", "Build information.", registry=r)
+        self.build_info.info({"version": __version__})
