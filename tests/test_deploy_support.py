@@ -95,7 +95,7 @@ def settings_from_env(env: dict[str, str]) -> Any:
 
 def grace_margin() -> float:
     """Seconds the worker needs after its drain budget: destination flush grace, client close, a margin."""
-    from worker.destinations.delivery import CLIENT_CLOSE_SECONDS, SHUTDOWN_GRACE_SECONDS
+    from worker.destinations.sink import CLIENT_CLOSE_SECONDS, SHUTDOWN_GRACE_SECONDS
 
     return SHUTDOWN_GRACE_SECONDS + CLIENT_CLOSE_SECONDS + 5.0
 

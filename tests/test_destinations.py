@@ -20,18 +20,12 @@ import pytest
 from tests import handlers
 from tests.conftest import QueueFactory, unique
 from tests.helpers import depth, drain, running_worker, send, wait_for
-from worker.destinations.delivery import (
-    DETAIL_TYPE_FAILURE,
-    DETAIL_TYPE_SUCCESS,
-    DeliveryError,
-    Destination,
-    DestinationSink,
-    build_sink,
-)
 from worker.destinations.record import DestinationRecord
+from worker.destinations.sink import DestinationSink, build_sink
+from worker.destinations.targets import DETAIL_TYPE_FAILURE, DETAIL_TYPE_SUCCESS, DeliveryError, Destination
 from worker.destinations.uri import parse_destination
 from worker.engine.message import Message
-from worker.engine.outcome import NullSink, Outcome
+from worker.engine.outcome import Outcome
 from worker.engine.policy import Condition
 from worker.errors import ConfigError
 from worker.limits import SNS_MAX_BYTES
@@ -585,11 +579,11 @@ async def _empty(sqs: Any, url: str) -> bool:
 # -- start-up --
 
 
-async def test_no_destinations_gives_a_null_sink() -> None:
-    """Without WORKER_ON_SUCCESS / WORKER_ON_FAILURE build_sink starts a NullSink and opens nothing."""
+async def test_no_destinations_gives_no_sink() -> None:
+    """Without WORKER_ON_SUCCESS / WORKER_ON_FAILURE build_sink reports no sink and opens nothing."""
     async with anyio.create_task_group() as tg:
         sink = await tg.start(build_sink, sink_settings(), Metrics())
-        assert isinstance(sink, NullSink)
+        assert sink is None
         tg.cancel_scope.cancel()
 
 
@@ -724,7 +718,8 @@ async def test_attempts_are_retried_with_backoff_and_each_is_time_boxed() -> Non
     flaky = Flaky(failures=2)
     hung = Gate("hung")
     metrics = Metrics()
-    sink = DestinationSink([flaky, hung], [], metrics, attempts=3, timeout=0.3, jitter=lambda: 0.5)
+    # A draw of 0.99 takes (nearly) the whole full-jitter ceiling: 0.2 s, then 0.4 s.
+    sink = DestinationSink([flaky, hung], [], metrics, attempts=3, timeout=0.3, jitter=lambda: 0.99)
     async with anyio.create_task_group() as tg:
         await tg.start(sink.run)
         started = anyio.current_time()

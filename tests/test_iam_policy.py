@@ -196,7 +196,8 @@ def test_worker_policy_allows_exactly_what_the_worker_calls() -> None:
 
 def test_worker_policy_names_exactly_the_resources_of_the_deployed_configuration() -> None:
     """(action, resource) pairs equal required_permissions() for the manifests, plus the self-check."""
-    from worker.service.permissions import arn_of_queue_url, required_permissions
+    from worker.aws.names import queue_arn_from_url
+    from worker.service.permissions import required_permissions
 
     configmap = load_yaml(DEPLOY / "k8s" / "configmap.yaml")["data"]
     settings = settings_from_env(configmap)
@@ -204,7 +205,7 @@ def test_worker_policy_names_exactly_the_resources_of_the_deployed_configuration
     assert host, settings.queue_url
     _, account, name = settings.queue_url.rsplit("/", 2)
     queue_arn = f"arn:aws:sqs:{host.group(1)}:{account}:{name}"
-    assert arn_of_queue_url(settings.queue_url, queue_arn) == queue_arn
+    assert queue_arn_from_url(settings.queue_url, queue_arn) == queue_arn
     needed = {
         (r.action, r.resource)
         for r in required_permissions(settings, queue_arn=queue_arn, dlq_url=str(settings.dlq_url))

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from worker._version import __version__
-from worker.errors import ConfigError
+from worker.errors import ConfigError, first_of
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,16 +91,5 @@ def _run() -> int:
     try:
         anyio.run(run_worker, settings)
     except BaseExceptionGroup as group:
-        raise _sole_error(group) from None
+        raise (first_of(group, ConfigError) or group) from None
     return 0
-
-
-def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """A task group that failed with one ConfigError (start-up) re-raises it bare, for the one-line report."""
-    configs = group.subgroup(ConfigError)
-    if configs is not None:
-        leaf: BaseException = configs
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        return leaf
-    return group

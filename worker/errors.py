@@ -37,3 +37,11 @@ class SchemaError(DecodeError):
 
 class ConfigError(WorkerError):
     """A setting is missing or wrong; the message names the variable."""
+
+
+def first_of(group: BaseExceptionGroup[BaseException], *kinds: type[BaseException]) -> BaseException | None:
+    """The first exception of one of ``kinds`` inside a (nested) task-group failure, or None."""
+    leaf: BaseException | None = group.subgroup(kinds)
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf

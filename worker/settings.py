@@ -44,33 +44,94 @@ class Settings(BaseSettings):
     )
 
     queue_url: str = Field(description="URL of the SQS queue to consume (one queue per process).")
-    handler: str = Field(description="The handler, as pkg.module:callable.")
-    dlq_url: str | None = Field(default=None, description="URL of the dead-letter queue.")
-    handler_version: str = Field(default="unknown", description="Label for metrics and records.")
-    concurrency: int = Field(default=50, ge=1, le=MAX_CONCURRENCY, description="Max messages in flight.")
+    handler: str = Field(description="The handler to call, as `pkg.module:callable`.")
+    dlq_url: str | None = Field(
+        default=None,
+        description="Where failed messages go; unset: the queue's RedrivePolicy target, else start-up fails.",
+    )
+    handler_version: str = Field(
+        default="unknown", description="The `handler_version` metric label and records' `executedVersion`."
+    )
+    concurrency: int = Field(
+        default=50,
+        ge=1,
+        le=MAX_CONCURRENCY,
+        description="Messages in flight at most (independent of the receive batch size of 10).",
+    )
     pollers: int = Field(default=2, ge=1, le=64, description="Concurrent long-poll loops.")
     wait_time_seconds: int = Field(
-        default=10, ge=0, le=MAX_WAIT_SECONDS, description="Long-poll wait of each ReceiveMessage."
+        default=10,
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description="Long-poll wait of each ReceiveMessage; must be below the shutdown timeout.",
     )
-    timeout_seconds: float = Field(default=30.0, gt=0, description="Deadline of one handler invocation.")
-    max_attempts: int = Field(default=5, ge=1, le=1000, description="Upper bound of handler invocations.")
-    immediate_retries: int = Field(default=1, ge=0, le=100, description="In-process retries, 1st delivery.")
-    backoff_base_seconds: float = Field(default=2.0, gt=0, description="Base of the exponential backoff.")
-    backoff_max_seconds: float = Field(default=300.0, gt=0, le=SQS_VISIBILITY_CAP_SECONDS)
+    timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="Deadline of one handler invocation (a timeout is a transient failure).",
+    )
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Upper bound of handler invocations per message, immediate retries included.",
+    )
+    immediate_retries: int = Field(
+        default=1, ge=0, le=100, description="In-process retries on a message's first delivery."
+    )
+    backoff_base_seconds: float = Field(
+        default=2.0, gt=0, description="Base of the exponential backoff of delayed retries."
+    )
+    backoff_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=SQS_VISIBILITY_CAP_SECONDS,
+        description="Cap of one backoff delay (messages waiting for a retry count as in flight).",
+    )
     visibility_timeout_seconds: int = Field(
-        default=60, ge=1, le=SQS_VISIBILITY_CAP_SECONDS, description="Lease taken at receive, then extended."
+        default=60,
+        ge=1,
+        le=SQS_VISIBILITY_CAP_SECONDS,
+        description="Lease taken at receive, extended by the heartbeat whenever half of it is left.",
     )
-    shutdown_timeout_seconds: float = Field(default=30.0, gt=0, description="Drain budget on SIGTERM.")
-    http_host: str = Field(default="0.0.0.0", description="Bind address of /metrics /healthz /readyz.")  # noqa: S104
-    http_port: int = Field(default=9102, ge=0, le=65535)
-    on_success: DestinationList = Field(default_factory=list)
-    on_failure: DestinationList = Field(default_factory=list)
-    destination_timeout_seconds: float = Field(default=5.0, gt=0)
-    destination_attempts: int = Field(default=3, ge=1, le=20)
-    queue_metrics_interval_seconds: float = Field(default=15.0, gt=0)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
-    log_bodies: bool = Field(default=False, description="Log message bodies (never on by default).")
+    shutdown_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Drain budget after SIGTERM/SIGINT."
+    )
+    http_host: str = Field(
+        default="0.0.0.0",  # noqa: S104
+        description="Bind address of /metrics, /healthz and /readyz (expose inside the cluster only).",
+    )
+    http_port: int = Field(
+        default=9102, ge=0, le=65535, description="Port of /metrics, /healthz and /readyz (0: a free port)."
+    )
+    on_success: DestinationList = Field(
+        default_factory=list,
+        description="Comma-separated destination URIs that get a record of each succeeded message.",
+    )
+    on_failure: DestinationList = Field(
+        default_factory=list,
+        description="Comma-separated destination URIs that get a record of each dead-lettered message.",
+    )
+    destination_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="Timeout of one destination delivery attempt."
+    )
+    destination_attempts: int = Field(
+        default=3, ge=1, le=20, description="Delivery attempts per destination and record."
+    )
+    queue_metrics_interval_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="Period of the GetQueueAttributes calls behind the queue-depth gauges.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Minimum level of the log lines (case-insensitive)."
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="`json`: one JSON object per line on stderr; `text`: for humans."
+    )
+    log_bodies: bool = Field(
+        default=False, description="Include error texts in logs (they may quote message content)."
+    )
 
     @field_validator("handler")
     @classmethod

@@ -13,16 +13,13 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import anyio
-
 from worker._version import __version__
-from worker.aws.client import CALL_ERRORS, error_code
 from worker.engine.message import Message, MessageAttribute
 from worker.limits import SQS_MAX_ATTRIBUTES, SQS_MAX_MESSAGE_BYTES
-from worker.telemetry.metrics import Metrics
+from worker.timestamps import iso_utc
 
 log = logging.getLogger("worker.deadletter")
 
@@ -77,10 +74,6 @@ class FailureRecord:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
 def failure_record(
     message: Message,
     *,
@@ -120,9 +113,9 @@ def failure_record(
         source_queue_arn=source_queue_arn,
         handler=handler,
         handler_version=handler_version,
-        dead_lettered_at=_iso(now) or "",
-        first_received_at=_iso(message.first_received_at),
-        sent_at=_iso(message.sent_at),
+        dead_lettered_at=iso_utc(now) or "",
+        first_received_at=iso_utc(message.first_received_at),
+        sent_at=iso_utc(message.sent_at),
         redrive_count=redrive_count,
         history=history,
     )
@@ -244,78 +237,3 @@ def restore_attributes(attributes: Mapping[str, MessageAttribute]) -> dict[str, 
         for name, raw in record.displaced_attributes.items():
             restored[name] = _decode_attribute(raw)
     return restored
-
-
-class DeadLetterWriter:
-    """Sends failed messages to the DLQ; ``send`` returns True only once SQS acknowledged the copy."""
-
-    def __init__(
-        self,
-        client: Any,
-        dlq_url: str,
-        *,
-        source_queue_arn: str,
-        handler: str,
-        handler_version: str,
-        metrics: Metrics,
-        timeout: float = 10.0,
-    ) -> None:
-        self._client = client
-        self.dlq_url = dlq_url
-        self._fifo = dlq_url.endswith(".fifo")
-        self._source_arn = source_queue_arn
-        self._handler = handler
-        self._handler_version = handler_version
-        self._metrics = metrics
-        self._timeout = timeout
-
-    async def send(
-        self, message: Message, condition: str, error_type: str, error_message: str, attempts: int
-    ) -> bool:
-        """Write the DLQ copy with its failure record; False when it could not be acknowledged."""
-        record = failure_record(
-            message,
-            error_type=error_type,
-            error_message=error_message,
-            condition=condition,
-            attempts=attempts,
-            source_queue_arn=self._source_arn,
-            handler=self._handler,
-            handler_version=self._handler_version,
-            now=datetime.now(UTC),
-            previous=read_failure(message.sqs_attributes),
-        )
-        try:
-            request = build_dead_letter(message, record, fifo=self._fifo)
-        except DeadLetterTooLarge:
-            log.error(  # noqa: TRY400 - an expected condition, no traceback wanted
-                "message too large to carry failure metadata; left for the queue's RedrivePolicy",
-                extra={"event": "dead_letter_too_large", "message_id": message.id},
-            )
-            return False
-        with anyio.move_on_after(self._timeout, shield=True):
-            try:
-                await self._client.send_message(QueueUrl=self.dlq_url, **request)
-            except CALL_ERRORS as exc:
-                self._metrics.sqs_errors.labels("SendMessage").inc()
-                log.warning(
-                    "dead-letter send failed; the message stays on the source queue",
-                    extra={"event": "dead_letter_failed", "message_id": message.id, "error": error_code(exc)},
-                )
-                return False
-            log.info(
-                "dead-lettered",
-                extra={
-                    "event": "dead_lettered",
-                    "message_id": message.id,
-                    "condition": condition,
-                    "error_type": error_type,
-                    "attempts": attempts,
-                },
-            )
-            return True
-        self._metrics.sqs_errors.labels("SendMessage").inc()
-        log.warning(
-            "dead-letter send timed out", extra={"event": "dead_letter_failed", "message_id": message.id}
-        )
-        return False

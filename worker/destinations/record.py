@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from worker.engine.outcome import Outcome
+from worker.timestamps import iso_utc
 
 RECORD_VERSION = "1.0"
 #: Bytes kept in hand below a limit when cutting a record.
@@ -209,8 +210,7 @@ def iso_timestamp(unix: float) -> str:
     """ISO-8601 UTC with milliseconds and a ``Z``, as Lambda writes it."""
     if not math.isfinite(unix):
         unix = 0.0
-    moment = datetime.fromtimestamp(unix, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return str(iso_utc(datetime.fromtimestamp(unix, UTC), "milliseconds"))
 
 
 def original_message_id(outcome: Outcome) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from worker.aws.names import queue_name
+
 Kind = Literal["sqs", "sns", "s3", "events", "python"]
 
 #: SQS queue names: 1-80 letters, digits, hyphens and underscores; FIFO queues end in ``.fifo``.
@@ -58,7 +60,7 @@ class DestinationUri:
     def name(self) -> str:
         """The short name of the target: queue, topic, bucket, bus, or the python path."""
         if self.kind == "sqs":
-            return self.target.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+            return queue_name(self.target)
         if self.kind == "sns":
             return self.target.rsplit(":", 1)[-1]
         if self.kind == "events":

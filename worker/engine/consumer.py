@@ -4,7 +4,6 @@ tasks, and the shutdown order (stop polling, give back what arrives, drain in-fl
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -13,6 +12,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from worker.aws.client import CALL_ERRORS, error_code
+from worker.backoff import Backoff
 from worker.engine.message import Message, parse_or_fallback, sent_timestamp_ms
 from worker.engine.processor import Processor
 from worker.limits import SQS_BATCH_MAX
@@ -23,9 +23,8 @@ from worker.telemetry.metrics import Metrics
 log = logging.getLogger("worker.consumer")
 #: A receive still unanswered this long after its long-poll wait makes the worker not ready.
 POLL_OVERDUE_MARGIN = 5.0
-#: Poll-error backoff: doubles from this, with jitter, up to POLL_BACKOFF_MAX.
-POLL_BACKOFF_BASE = 0.5
-POLL_BACKOFF_MAX = 30.0
+#: Poll-error backoff: full jitter below 0.5 s doubling per failure, capped at 30 s.
+POLL_BACKOFF = Backoff(base=0.5, cap=30.0)
 #: Errors that mean SQS wants fewer messages in flight: back off, do not count as an outage.
 OVER_LIMIT_CODES = frozenset({"OverLimit", "AWS.SimpleQueueService.OverLimit"})
 
@@ -106,19 +105,24 @@ class Consumer:
     def stop(self) -> None:
         """Stop polling; receives in flight still return and what they bring is given back."""
         self.stopping.set()
-        self.processor.draining = True
+        self.processor.drain()
+
+    @property
+    def in_flight(self) -> int:
+        """Messages received and not yet finished (their slots are taken)."""
+        return self.slots.used
 
     async def run(self) -> None:
-        """Poll until ``stop()``, then wait for the message tasks (the caller bounds the wait)."""
-        async with anyio.create_task_group() as service:
-            # Heartbeats outlive the message tasks (they extend leases while in-flight work drains).
-            await service.start(self.processor.heartbeats.run)
-            async with anyio.create_task_group() as work:
-                async with anyio.create_task_group() as pollers:
-                    for index in range(self.settings.pollers):
-                        pollers.start_soon(self._poll, work, index)
-                self._retire_idle_runners()  # no more groups will come: idle runners end
-            service.cancel_scope.cancel()
+        """Poll until ``stop()``, then wait for the message tasks (the caller bounds the wait).
+
+        The caller runs the processor's heartbeats around this call, so leases keep being extended while
+        in-flight work drains.
+        """
+        async with anyio.create_task_group() as work:
+            async with anyio.create_task_group() as pollers:
+                for index in range(self.settings.pollers):
+                    pollers.start_soon(self._poll, work, index)
+            self._retire_idle_runners()  # no more groups will come: idle runners end
 
     def _dispatch(self, work: TaskGroup, group: list[tuple[Message, Any]], received_at: float) -> None:
         """Hand a group to an idle runner, or start a runner for it (their number stays under the limit)."""
@@ -188,7 +192,7 @@ class Consumer:
                     self.health.turned()
                 else:
                     self.health.poll_failed(code)
-                delay = random.uniform(0, min(POLL_BACKOFF_MAX, POLL_BACKOFF_BASE * 2 ** min(failures, 10)))
+                delay = POLL_BACKOFF.delay(failures + 1)
                 if failures in (1, 5) or failures % 20 == 0:
                     log.warning(
                         "receive failed; backing off",

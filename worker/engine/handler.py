@@ -24,8 +24,34 @@ class LoadedHandler:
 
     path: str
     invoke: Invoke
+
+
+@dataclass(frozen=True, slots=True)
+class UserCallable:
+    """A user's callable imported from ``pkg.module:name``: awaited when async, run in a thread otherwise."""
+
+    fn: Callable[..., Any]
+    #: The function whose signature counts (``__call__`` for a callable instance).
+    target: Callable[..., Any]
     is_async: bool
-    model: type[BaseModel] | None
+
+    async def call(self, argument: object, limiter: anyio.CapacityLimiter) -> object:
+        """Call with one argument; a plain function runs in a worker thread (abandoned if cancelled)."""
+        if self.is_async:
+            return await self.fn(argument)
+        result = await anyio.to_thread.run_sync(self.fn, argument, abandon_on_cancel=True, limiter=limiter)
+        if inspect.isawaitable(result):  # a plain def that returned a coroutine
+            return await result
+        return result
+
+
+def import_callable(path: str, variable: str) -> UserCallable:
+    """Import ``pkg.module:callable`` and tell whether it is async; a ConfigError names ``variable``."""
+    fn = import_object(path, variable)
+    if not callable(fn):
+        raise ConfigError(f"{variable}: {path!r} is not callable")
+    target = fn if inspect.isroutine(fn) or inspect.isclass(fn) else fn.__call__
+    return UserCallable(fn=fn, target=target, is_async=inspect.iscoroutinefunction(target))
 
 
 def import_object(path: str, variable: str) -> Any:
@@ -63,25 +89,10 @@ def load_handler(
     path: str, *, thread_limiter: anyio.CapacityLimiter, variable: str = "WORKER_HANDLER"
 ) -> LoadedHandler:
     """Resolve the handler; a first parameter typed with a pydantic model receives the validated payload."""
-    fn = import_object(path, variable)
-    if not callable(fn):
-        raise ConfigError(f"{variable}: {path!r} is not callable")
-    target = fn.__call__ if not inspect.isroutine(fn) and not inspect.isclass(fn) else fn
-    is_async = inspect.iscoroutinefunction(target)
-    model = _model_parameter(target)
+    user = import_callable(path, variable)
+    model = _model_parameter(user.target)
 
-    def argument(message: Message) -> object:
-        return message.model(model) if model is not None else message
+    async def invoke(message: Message) -> object:
+        return await user.call(message.model(model) if model is not None else message, thread_limiter)
 
-    if is_async:
-
-        async def invoke(message: Message) -> object:
-            return await fn(argument(message))
-
-    else:
-
-        async def invoke(message: Message) -> object:
-            arg = argument(message)
-            return await anyio.to_thread.run_sync(fn, arg, abandon_on_cancel=True, limiter=thread_limiter)
-
-    return LoadedHandler(path=path, invoke=invoke, is_async=is_async, model=model)
+    return LoadedHandler(path=path, invoke=invoke)

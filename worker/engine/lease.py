@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskStatus
 
-from worker.aws.client import Batcher
+from worker.aws.batcher import Batcher
 from worker.engine.policy import visibility_cap
 from worker.telemetry.metrics import Metrics
 

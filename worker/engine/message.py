@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from worker.errors import DecodeError, SchemaError
+from worker.timestamps import parse_iso
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -158,15 +159,6 @@ def _epoch_ms(value: str | None) -> datetime | None:
         return None
 
 
-def _parse_iso(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def parse_sqs_attributes(raw: Mapping[str, Mapping[str, Any]] | None) -> dict[str, MessageAttribute]:
     """Message attributes from a ReceiveMessage entry."""
     out: dict[str, MessageAttribute] = {}
@@ -229,7 +221,7 @@ def unwrap_sns(raw_body: str) -> tuple[str, SnsInfo, dict[str, MessageAttribute]
         topic_arn=str(doc["TopicArn"]),
         message_id=str(doc["MessageId"]),
         subject=subject if isinstance(subject, str) else None,
-        timestamp=_parse_iso(doc.get("Timestamp")),
+        timestamp=parse_iso(doc.get("Timestamp")),
     )
     return payload, info, parse_sns_attributes(doc.get("MessageAttributes"))
 

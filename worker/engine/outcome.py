@@ -34,10 +34,3 @@ class OutcomeSink(Protocol):
 
     def submit(self, outcome: Outcome) -> None:
         """Take an outcome for best-effort delivery."""
-
-
-class NullSink:
-    """No destinations configured."""
-
-    def submit(self, outcome: Outcome) -> None:
-        """Drop the outcome."""

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
+from worker.backoff import Backoff
 from worker.limits import SQS_VISIBILITY_CAP_SECONDS
 
 #: SQS caps a message's visibility timeout at 12 hours counted from its receive.
@@ -116,14 +117,7 @@ def admit(receive_count: int, config: RetryConfig) -> DeadLetter | None:
 
 def backoff_ceiling(retry_number: int, config: RetryConfig) -> float:
     """Upper bound of the k-th delayed retry's delay: min(MAX, BASE * 2^(k-1)), overflow-safe."""
-    exponent = max(0, retry_number - 1)
-    if exponent >= 1024:
-        return config.backoff_max_seconds
-    try:
-        raw = config.backoff_base_seconds * math.pow(2.0, exponent)
-    except OverflowError:
-        return config.backoff_max_seconds
-    return min(config.backoff_max_seconds, raw)
+    return Backoff(config.backoff_base_seconds, config.backoff_max_seconds).ceiling(retry_number)
 
 
 def backoff_delay(retry_number: int, jitter: float, config: RetryConfig) -> int:

@@ -17,13 +17,14 @@ from typing import Any
 
 import anyio
 
-from worker.aws.client import Batcher
-from worker.deadletter.record import DeadLetterWriter
+from worker.aws.batcher import Batcher
+from worker.aws.names import queue_name
+from worker.deadletter.writer import DeadLetterWriter
 from worker.engine import policy
 from worker.engine.handler import LoadedHandler
 from worker.engine.lease import Beat, Heartbeats, Lease
 from worker.engine.message import Message
-from worker.engine.outcome import NullSink, Outcome, OutcomeSink
+from worker.engine.outcome import Outcome, OutcomeSink
 from worker.engine.policy import Condition, RetryConfig
 from worker.errors import DecodeError, PermanentError, RetryLater, SchemaError
 from worker.settings import Settings
@@ -78,8 +79,9 @@ class Processor:
         metrics: Metrics,
         deleter: Batcher,
         visibility: Batcher,
+        heartbeats: Heartbeats,
         dead_letters: DeadLetterWriter | None,
-        sink: OutcomeSink,
+        sink: OutcomeSink | None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
@@ -90,7 +92,7 @@ class Processor:
         self.dead_letters = dead_letters
         self.sink = sink
         self.jitter = jitter
-        self.queue = settings.queue_url.rstrip("/").rsplit("/", 1)[-1]
+        self.queue = queue_name(settings.queue_url)
         self.retry = RetryConfig(
             max_attempts=settings.max_attempts,
             immediate_retries=settings.immediate_retries,
@@ -110,8 +112,12 @@ class Processor:
         #: Messages held by run_group(); worker_messages_in_flight reads it at each scrape.
         self.held = 0
         metrics.in_flight.labels(self.queue).set_function(lambda: self.held)
-        #: Extends the leases of the messages being processed; the consumer runs it.
-        self.heartbeats = Heartbeats(settings.visibility_timeout_seconds, visibility, metrics, self.queue)
+        #: Extends the leases of the messages being processed (the service runs it around the consumer).
+        self.heartbeats = heartbeats
+
+    def drain(self) -> None:
+        """The worker is stopping: messages not started yet (later ones of a FIFO group) go back at once."""
+        self.draining = True
 
     # -- a group of messages held together (a FIFO group from one receive, or a single message) --
 
@@ -353,7 +359,7 @@ class Processor:
         response: object = None,
         failure: Failure | None = None,
     ) -> None:
-        if type(self.sink) is NullSink:
+        if self.sink is None:
             return  # no destinations: nothing would look at the outcome
         self.sink.submit(
             Outcome(

@@ -19,11 +19,14 @@ from typing import Any
 
 import anyio
 
-from worker.aws.client import CALL_ERRORS, DEPTH_ATTRIBUTES, client_config, create_client, error_code
+from worker.aws.client import CALL_ERRORS, client_config, create_client, error_code
+from worker.aws.names import queue_name
+from worker.aws.queues import DEPTH_ATTRIBUTES
 from worker.ops.filters import NO_RECORD, Filter, all_match
 from worker.ops.hold import HeldMessages
-from worker.ops.redrive.plan import DeadLetter, iso
+from worker.ops.redrive.plan import DeadLetter
 from worker.ops.settings import QueueRef, ToolError, ToolSettings, resolve_dlq
+from worker.timestamps import iso_utc
 
 #: Age buckets of the breakdown: (upper bound in seconds, label).
 AGE_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -104,7 +107,7 @@ def record_row(dead: DeadLetter, now: datetime, *, show_body: bool) -> dict[str,
         "error_message": record.error_message if record else None,
         "attempts": record.attempts if record else None,
         "first_received_at": record.first_received_at if record else None,
-        "dead_lettered_at": iso(dead.dead_lettered_at),
+        "dead_lettered_at": iso_utc(dead.dead_lettered_at),
         "age_seconds": dead.age(now),
         "source": dead.source_name,
         "moved_by_broker": dead.broker_source_arn is not None,
@@ -232,7 +235,7 @@ async def inspect(args: argparse.Namespace, settings: ToolSettings) -> dict[str,
         sources: list[str] = []
         try:
             response = await client.list_dead_letter_source_queues(QueueUrl=dlq.url)
-            sources = sorted(url.rstrip("/").rsplit("/", 1)[-1] for url in response.get("queueUrls", []))
+            sources = sorted(queue_name(url) for url in response.get("queueUrls", []))
         except CALL_ERRORS as exc:
             sources = [f"(cannot list: {error_code(exc)})"]
         scan_result = None

@@ -20,6 +20,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from worker.aws.names import queue_name
+
 #: Error type of a DLQ message without worker metadata (moved by the broker's own RedrivePolicy).
 NO_RECORD = "none"
 #: Error type of a DLQ message whose ``worker.failure`` attribute cannot be read.
@@ -81,14 +83,6 @@ class Filter:
         return found if self.op == "=" else not found
 
 
-def queue_name_of(ref: str) -> str:
-    """The queue name in a queue URL, ARN or bare name."""
-    ref = ref.strip().rstrip("/")
-    if ref.startswith("arn:"):
-        return ref.rsplit(":", 1)[-1]
-    return ref.rsplit("/", 1)[-1]
-
-
 def parse_duration(text: str) -> float:
     """Seconds in ``90``, ``90s``, ``5m``, ``1.5h``, ``2d``; ValueError otherwise."""
     match = _DURATION.match(text)
@@ -114,7 +108,7 @@ def parse_filter(text: str) -> Filter:
         if not values:
             raise ValueError(f"filter {text!r} has no value after {op!r}")
         if key == "source":
-            values = tuple(queue_name_of(v) for v in values)
+            values = tuple(queue_name(v) for v in values)
         return Filter(expr, key, op, values)
     raise ValueError(
         f"unknown filter {text!r}: use error_type=, condition=, source=, age>DURATION, age<DURATION, "

@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings
 
 from worker import settings as worker_settings
 from worker.aws.client import CALL_ERRORS, error_code
+from worker.aws.names import queue_name
+from worker.aws.queues import lookup_queue_url
 from worker.errors import ConfigError, WorkerError
 from worker.settings import Settings
 
@@ -88,7 +90,7 @@ class QueueRef:
     @property
     def name(self) -> str:
         """The queue name."""
-        return self.url.rstrip("/").rsplit("/", 1)[-1]
+        return queue_name(self.url)
 
     @property
     def fifo(self) -> bool:
@@ -135,17 +137,12 @@ class QueueDirectory:
     async def url_of(self, arn: str) -> tuple[str | None, str]:
         """(URL, "") for a queue ARN, or (None, error code)."""
         if arn not in self._urls:
-            parts = arn.split(":")
-            if len(parts) != 6 or parts[2] != "sqs":
+            try:
+                self._urls[arn] = await lookup_queue_url(self._client, arn)
+            except ValueError:
                 self._urls[arn], self._errors[arn] = None, "not an SQS queue ARN"
-            else:
-                try:
-                    response = await self._client.get_queue_url(
-                        QueueName=parts[5], QueueOwnerAWSAccountId=parts[4]
-                    )
-                    self._urls[arn] = str(response["QueueUrl"])
-                except CALL_ERRORS as exc:
-                    self._urls[arn], self._errors[arn] = None, error_code(exc)
+            except CALL_ERRORS as exc:
+                self._urls[arn], self._errors[arn] = None, error_code(exc)
         return self._urls[arn], self._errors.get(arn, "")
 
 

@@ -19,12 +19,12 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 from aiobotocore.config import AioConfig
 
 from worker.aws.client import CALL_ERRORS, create_client, error_code
+from worker.aws.names import Arn, queue_arn_from_url
 from worker.destinations.uri import parse_destination
 from worker.settings import Settings, env_name
 
@@ -65,34 +65,6 @@ class PermissionReport:
         return self.skipped is None and not self.missing
 
 
-@dataclass(frozen=True, slots=True)
-class _Arn:
-    partition: str
-    region: str
-    account: str
-
-
-def _parse_arn(arn: str) -> _Arn:
-    parts = arn.split(":", 5)
-    if len(parts) != 6 or parts[0] != "arn":
-        raise ValueError(f"not an ARN: {arn!r}")
-    return _Arn(partition=parts[1], region=parts[3], account=parts[4])
-
-
-def arn_of_queue_url(url: str, source: str) -> str:
-    """The ARN of the queue at ``url``: account and name from the URL, partition and region from ``source``.
-
-    A DLQ lives in its source queue's account and region (SQS requires it); destination queues are
-    reached with the same regional client, so they share the region too.
-    """
-    base = _parse_arn(source)
-    segments = [s for s in urlsplit(url).path.split("/") if s]
-    if len(segments) < 2:
-        raise ValueError(f"not a queue URL: {url!r}")
-    account, name = segments[-2], segments[-1]
-    return f"arn:{base.partition}:sqs:{base.region}:{account}:{name}"
-
-
 def required_permissions(settings: Settings, *, queue_arn: str, dlq_url: str) -> list[Requirement]:
     """Every action the worker performs with this configuration, on the resources it names (no I/O).
 
@@ -100,8 +72,8 @@ def required_permissions(settings: Settings, *, queue_arn: str, dlq_url: str) ->
     setting, or the RedrivePolicy's target).
     """
     source = queue_arn
-    base = _parse_arn(source)
-    dlq = arn_of_queue_url(dlq_url, source)
+    base = Arn.parse(source)
+    dlq = queue_arn_from_url(dlq_url, source)
     queue_var, dlq_var = env_name("queue_url"), env_name("dlq_url")
     found = [
         Requirement(
@@ -126,12 +98,12 @@ def required_permissions(settings: Settings, *, queue_arn: str, dlq_url: str) ->
     return _unique(found)
 
 
-def _destination(uri: Any, base: _Arn, source: str, variable: str) -> list[Requirement]:
+def _destination(uri: Any, base: Arn, source: str, variable: str) -> list[Requirement]:
     if uri.kind == "sqs":
         if uri.target.startswith("arn:"):
             arn = uri.target
         elif uri.target.lower().startswith(("https://", "http://")):
-            arn = arn_of_queue_url(uri.target, source)
+            arn = queue_arn_from_url(uri.target, source)
         else:
             arn = f"arn:{base.partition}:sqs:{base.region}:{base.account}:{uri.name}"
         out = [Requirement("sqs:SendMessage", arn, variable, f"deliver records to {uri.label}")]
@@ -171,8 +143,8 @@ def simulation_principal(caller_arn: str) -> tuple[str, str] | None:
     STS reports an assumed role as ``arn:aws:sts::123:assumed-role/NAME/session``; the simulator needs the
     role's own ARN, whose path only ``iam:GetRole`` knows.
     """
-    arn = _parse_arn(caller_arn)
-    resource = caller_arn.split(":", 5)[5]
+    arn = Arn.parse(caller_arn)
+    resource = arn.resource
     if caller_arn.startswith(f"arn:{arn.partition}:sts::") and resource.startswith("assumed-role/"):
         return "role", resource.split("/")[1]
     if caller_arn.startswith(f"arn:{arn.partition}:iam::") and resource.startswith("user/"):

@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 
 from worker.aws.client import CALL_ERRORS, error_code
+from worker.backoff import Backoff
 from worker.limits import SQS_BATCH_MAX, SQS_MAX_MESSAGE_BYTES, SQS_VISIBILITY_CAP_SECONDS
 from worker.ops.filters import Filter, all_match
 from worker.ops.hold import HeldMessages, change_visibility
@@ -38,6 +39,8 @@ from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger("worker.redrive")
+#: Between failed DLQ receives: full jitter below 0.5 s doubling, capped at 10 s.
+RECEIVE_BACKOFF = Backoff(base=0.5, cap=10.0)
 
 #: In --watch mode, a message left in the DLQ (filtered out, failed, held) is looked at again after this.
 WATCH_RECHECK_SECONDS = 300
@@ -203,7 +206,7 @@ class AppRedrive:
                     self.fatal = f"the DLQ cannot be read ({code})"
                     self.stop()
                     return
-                with anyio.move_on_after(min(10.0, 0.5 * 2**errors)):
+                with anyio.move_on_after(RECEIVE_BACKOFF.delay(errors + 1)):
                     await self.stop_event.wait()
                 continue
             errors = 0

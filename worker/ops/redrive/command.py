@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,8 @@ import anyio.abc
 import anyio.to_thread
 
 from worker.aws.client import client_config, create_client
-from worker.errors import ConfigError
+from worker.aws.names import queue_name
+from worker.errors import ConfigError, first_of
 from worker.ops.filters import Filter
 from worker.ops.progress import Progress, Tally, format_duration
 from worker.ops.redrive.app_mode import AppOptions, AppRedrive, Result
@@ -32,6 +32,7 @@ from worker.ops.redrive.native import MAX_NATIVE_RATE, NativeResult, run_native
 from worker.ops.redrive.plan import Verdict
 from worker.ops.settings import QueueRef, ToolError, ToolSettings, is_loopback, open_queue, resolve_dlq
 from worker.service.http import HttpServer
+from worker.service.signals import stop_on_signals
 from worker.settings import env_name
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics
@@ -248,7 +249,7 @@ class Report:
 
 
 def _name(url: str | None) -> str:
-    return url.rstrip("/").rsplit("/", 1)[-1] if url else "?"
+    return queue_name(url) if url else "?"
 
 
 def _ask(prompt: str) -> str:
@@ -268,19 +269,6 @@ async def _confirm(
     )
     if answer.strip().lower() not in ("y", "yes"):
         raise ToolError("not confirmed: nothing was moved")
-
-
-async def _signals(on_first: Callable[[], None], scope: anyio.CancelScope) -> None:
-    """First SIGINT/SIGTERM: stop gracefully; a second one: stop now."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
-        count = 0
-        async for _ in received:
-            count += 1
-            if count == 1:
-                log.info("stopping: finishing the messages in hand", extra={"event": "redrive_stopping"})
-                on_first()
-            else:
-                scope.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,7 +391,7 @@ async def run_redrive(
                     health=health,
                 )
                 if handle_signals:
-                    tg.start_soon(_signals, engine.stop, tg.cancel_scope)
+                    await tg.start(stop_on_signals, engine.stop, tg.cancel_scope.cancel)
                 await engine.run()
                 report.tally = engine.tally
                 report.results = engine.results
@@ -429,7 +417,7 @@ async def _native(
 ) -> None:
     stop = anyio.Event()
     if handle_signals:
-        tg.start_soon(_signals, stop.set, tg.cancel_scope)
+        await tg.start(stop_on_signals, stop.set, tg.cancel_scope.cancel)
     destination = setup.destination
     report.native = await run_native(
         client,
@@ -442,15 +430,6 @@ async def _native(
     )
     report.interrupted = stop.is_set()
     report.tally = Tally(moved=report.native.moved)
-
-
-def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The first ToolError/ConfigError inside a task-group failure, for a one-line report."""
-    found = group.subgroup((ToolError, ConfigError))
-    leaf: BaseException | None = found
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
 
 
 def main(args: argparse.Namespace, settings: ToolSettings) -> int:
@@ -473,7 +452,7 @@ def main(args: argparse.Namespace, settings: ToolSettings) -> int:
         try:
             report = anyio.run(run)
         except BaseExceptionGroup as group:
-            leaf = _leaf(group)
+            leaf = first_of(group, ToolError, ConfigError)
             if leaf is None:
                 raise
             raise leaf from None

@@ -14,10 +14,11 @@ import base64
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from worker.aws.names import queue_name
 from worker.deadletter.record import (
     FAILURE_ATTRIBUTE,
     DeadLetterTooLarge,
@@ -27,29 +28,14 @@ from worker.deadletter.record import (
     restore_attributes,
 )
 from worker.engine.message import Message, parse_or_fallback
-from worker.ops.filters import MALFORMED, NO_RECORD, Facts, queue_name_of
+from worker.ops.filters import MALFORMED, NO_RECORD, Facts
+from worker.timestamps import iso_utc, parse_iso
 
 #: System attribute SQS sets on a message its RedrivePolicy moved.
 BROKER_SOURCE = "DeadLetterQueueSourceArn"
 #: Condition of the record ``worker redrive`` writes for a message the broker dead-lettered.
 BROKER_CONDITION = "MaxReceiveCountExceeded"
 BROKER_ERROR_TYPE = "BrokerDeadLettered"
-
-
-def iso(value: datetime | None) -> str | None:
-    """UTC ISO-8601 with a Z, as the failure record writes times."""
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """A record time back to a datetime (None when absent or unreadable)."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +93,13 @@ class DeadLetter:
     def source_name(self) -> str | None:
         """The source queue's name, or None when the message names no source."""
         ref = self.source_url or self.source_arn
-        return queue_name_of(ref) if ref else None
+        return queue_name(ref) if ref else None
 
     @property
     def dead_lettered_at(self) -> datetime | None:
         """When it was dead-lettered: the record's time, else when SQS accepted this copy."""
         if self.record:
-            when = parse_time(self.record.dead_lettered_at)
+            when = parse_iso(self.record.dead_lettered_at)
             if when is not None:
                 return when
         return self.message.sent_at
@@ -133,9 +119,7 @@ class DeadLetter:
 
     def facts(self, now: datetime) -> Facts:
         """What ``--filter`` looks at."""
-        names = {
-            queue_name_of(ref) for ref in (self.source_url, self.source_arn, self.broker_source_arn) if ref
-        }
+        names = {queue_name(ref) for ref in (self.source_url, self.source_arn, self.broker_source_arn) if ref}
         return Facts(
             error_type=self.error_type,
             condition=self.record.condition if self.record else None,
@@ -185,9 +169,9 @@ def broker_record(
         handler="",
         handler_version="",
         dead_lettered_at="",
-        sent_at=iso(dead.message.sent_at),
+        sent_at=iso_utc(dead.message.sent_at),
         redrive_count=redrive_count,
-        redriven_at=iso(now),
+        redriven_at=iso_utc(now),
     )
 
 
@@ -224,7 +208,7 @@ def plan_redrive(
     count = dead.redrive_count + 1
     if dead.record is not None:
         record = dataclasses.replace(
-            dead.record, redrive_count=count, redriven_at=iso(now), displaced_attributes={}
+            dead.record, redrive_count=count, redriven_at=iso_utc(now), displaced_attributes={}
         )
     else:
         record = broker_record(dead, source_url, now, count)

@@ -1,0 +1,33 @@
+"""Queue look-ups: a queue's depth by state, and a queue URL from its ARN or name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.aws.names import Arn, queue_name
+
+#: A queue's approximate counts by state (the names the metrics and reports use) and their attribute names.
+DEPTH_ATTRIBUTES = {
+    "visible": "ApproximateNumberOfMessages",
+    "in_flight": "ApproximateNumberOfMessagesNotVisible",
+    "delayed": "ApproximateNumberOfMessagesDelayed",
+}
+
+
+async def queue_depth(client: Any, url: str) -> dict[str, int]:
+    """A queue's approximate message counts by state: visible, in_flight, delayed (one GetQueueAttributes)."""
+    response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=list(DEPTH_ATTRIBUTES.values()))
+    attrs = response["Attributes"]
+    return {state: int(attrs.get(name, 0)) for state, name in DEPTH_ATTRIBUTES.items()}
+
+
+async def lookup_queue_url(client: Any, ref: str) -> str:
+    """The URL of a queue given by ARN (any account) or name (this account): one GetQueueUrl."""
+    kwargs = {"QueueName": queue_name(ref)}
+    if ref.startswith("arn:"):
+        arn = Arn.parse(ref)
+        if not arn.is_sqs_queue:
+            raise ValueError(f"not an SQS queue ARN: {ref!r}")
+        kwargs["QueueOwnerAWSAccountId"] = arn.account
+    response = await client.get_queue_url(**kwargs)
+    return str(response["QueueUrl"])

@@ -1,0 +1,96 @@
+"""Sends a failed message to the dead-letter queue: the copy is acknowledged before the source is deleted."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+
+from worker.aws.client import CALL_ERRORS, error_code
+from worker.deadletter.record import (
+    DeadLetterTooLarge,
+    build_dead_letter,
+    failure_record,
+    read_failure,
+)
+from worker.engine.message import Message
+from worker.telemetry.metrics import Metrics
+
+log = logging.getLogger("worker.deadletter")
+
+
+class DeadLetterWriter:
+    """Sends failed messages to the DLQ; ``send`` returns True only once SQS acknowledged the copy."""
+
+    def __init__(
+        self,
+        client: Any,
+        dlq_url: str,
+        *,
+        source_queue_arn: str,
+        handler: str,
+        handler_version: str,
+        metrics: Metrics,
+        timeout: float = 10.0,
+    ) -> None:
+        self._client = client
+        self.dlq_url = dlq_url
+        self._fifo = dlq_url.endswith(".fifo")
+        self._source_arn = source_queue_arn
+        self._handler = handler
+        self._handler_version = handler_version
+        self._metrics = metrics
+        self._timeout = timeout
+
+    async def send(
+        self, message: Message, condition: str, error_type: str, error_message: str, attempts: int
+    ) -> bool:
+        """Write the DLQ copy with its failure record; False when it could not be acknowledged."""
+        record = failure_record(
+            message,
+            error_type=error_type,
+            error_message=error_message,
+            condition=condition,
+            attempts=attempts,
+            source_queue_arn=self._source_arn,
+            handler=self._handler,
+            handler_version=self._handler_version,
+            now=datetime.now(UTC),
+            previous=read_failure(message.sqs_attributes),
+        )
+        try:
+            request = build_dead_letter(message, record, fifo=self._fifo)
+        except DeadLetterTooLarge:
+            log.error(  # noqa: TRY400 - an expected condition, no traceback wanted
+                "message too large to carry failure metadata; left for the queue's RedrivePolicy",
+                extra={"event": "dead_letter_too_large", "message_id": message.id},
+            )
+            return False
+        with anyio.move_on_after(self._timeout, shield=True):
+            try:
+                await self._client.send_message(QueueUrl=self.dlq_url, **request)
+            except CALL_ERRORS as exc:
+                self._metrics.sqs_errors.labels("SendMessage").inc()
+                log.warning(
+                    "dead-letter send failed; the message stays on the source queue",
+                    extra={"event": "dead_letter_failed", "message_id": message.id, "error": error_code(exc)},
+                )
+                return False
+            log.info(
+                "dead-lettered",
+                extra={
+                    "event": "dead_lettered",
+                    "message_id": message.id,
+                    "condition": condition,
+                    "error_type": error_type,
+                    "attempts": attempts,
+                },
+            )
+            return True
+        self._metrics.sqs_errors.labels("SendMessage").inc()
+        log.warning(
+            "dead-letter send timed out", extra={"event": "dead_letter_failed", "message_id": message.id}
+        )
+        return False

@@ -1,0 +1,96 @@
+"""Start-up checks of `worker run`: read the source queue, find and check the DLQ, warn about a weak net."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from botocore.exceptions import ClientError
+
+from worker.aws.client import CALL_ERRORS, error_code
+from worker.aws.names import RedrivePolicy, queue_name
+from worker.aws.queues import lookup_queue_url
+from worker.backoff import Backoff
+from worker.errors import ConfigError
+from worker.settings import Settings, env_name
+
+log = logging.getLogger("worker.app")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """What start-up learns about the source queue."""
+
+    arn: str
+    dlq_url: str
+
+
+#: Start-up keeps trying an unreachable endpoint this long before giving up (a wrong queue fails at once).
+STARTUP_RETRY_SECONDS = 60.0
+#: Between start-up attempts: full jitter below 0.5 s doubling, capped at 10 s.
+STARTUP_BACKOFF = Backoff(base=0.5, cap=10.0)
+
+
+async def _queue_attributes(client: Any, url: str, field: str) -> dict[str, str]:
+    """GetQueueAttributes(All); a missing queue or denied access is a ConfigError naming ``field``."""
+    with anyio.move_on_after(STARTUP_RETRY_SECONDS):
+        for retry in itertools.count(1):
+            try:
+                response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+                return dict(response["Attributes"])
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400)
+                code = error_code(exc)
+                if status < 500 and "Throttl" not in code:  # wrong queue or access: say so now
+                    raise ConfigError(f"{env_name(field)}: cannot read the queue ({code})") from None
+                log.warning(
+                    "SQS error at start-up; retrying",
+                    extra={"event": "startup_unreachable", "error": error_code(exc)},
+                )
+            except CALL_ERRORS as exc:
+                log.warning(
+                    "SQS unreachable at start-up; retrying",
+                    extra={"event": "startup_unreachable", "error": error_code(exc)},
+                )
+            await anyio.sleep(STARTUP_BACKOFF.delay(retry))
+    raise ConfigError(f"{env_name(field)}: SQS endpoint unreachable for {STARTUP_RETRY_SECONDS:.0f}s")
+
+
+async def inspect_queue(client: Any, settings: Settings) -> QueueInfo:
+    """Read the source queue's ARN and RedrivePolicy; resolve the DLQ; warn about a weak safety net."""
+    attrs = await _queue_attributes(client, settings.queue_url, "queue_url")
+    policy = RedrivePolicy.parse(attrs.get("RedrivePolicy"))
+    max_receive = policy.max_receive_count if policy else None
+    dlq_url = settings.dlq_url
+    if dlq_url is None and policy is not None and policy.dead_letter_target_arn:
+        dlq_url = await lookup_queue_url(client, policy.dead_letter_target_arn)
+        log.info(
+            "using the RedrivePolicy's dead-letter queue",
+            extra={"event": "dlq_from_redrive", "dlq": queue_name(dlq_url)},
+        )
+    if dlq_url is None:
+        raise ConfigError(
+            f"{env_name('dlq_url')} is not set and the queue has no RedrivePolicy: "
+            "failed messages would have nowhere to go"
+        )
+    if max_receive is None:
+        log.warning(
+            "source queue has no RedrivePolicy: nothing catches messages if the worker dies mid-failure",
+            extra={"event": "no_redrive_policy"},
+        )
+    elif max_receive <= settings.max_attempts:
+        log.warning(
+            f"RedrivePolicy maxReceiveCount ({max_receive}) is not above {env_name('max_attempts')} "
+            f"({settings.max_attempts}): the broker may dead-letter messages before the worker does",
+            extra={"event": "redrive_policy_too_low"},
+        )
+    try:
+        await client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+    except CALL_ERRORS as exc:
+        raise ConfigError(
+            f"{env_name('dlq_url')}: cannot read the dead-letter queue ({error_code(exc)})"
+        ) from None
+    return QueueInfo(arn=str(attrs["QueueArn"]), dlq_url=dlq_url)
