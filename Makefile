@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint chaos bench audit unit localstack localstack-venv demo clean
+.PHONY: help venv test lint chaos bench audit unit localstack localstack-venv demo docs clean
 
 help:
 	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
@@ -13,6 +13,7 @@ help:
 	@echo "make chaos       the fault-injection suite with 20 kill -9 trials (figures in docs/chaos-results.json)"
 	@echo "make localstack  start the embedded LocalStack in the foreground"
 	@echo "make audit       pip-audit of the locked dependencies"
+	@echo "make docs        regenerate the settings reference in docs/configuration.md from worker/settings.py"
 
 $(STAMP): pyproject.toml constraints/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -26,6 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check worker tests bench tools localstack/init
 	$(BIN)/ruff format --check worker tests bench tools localstack/init
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 localstack-venv: $(STAMP)
 	@$(BIN)/python -c 'from worker.devkit.localstack import ensure_venv; ensure_venv()'
@@ -55,6 +57,9 @@ localstack: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/worker demo
+
+docs: $(STAMP)
+	$(BIN)/python tools/settings_doc.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

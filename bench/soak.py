@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
-from bench.run import log, peak_rss_bytes, rss_bytes
-
-if TYPE_CHECKING:
-    from bench.run import Bench
+from bench.common import log
+from bench.measure import Bench
+from bench.process import peak_rss_bytes, rss_bytes
 
 #: The producer keeps the queue between these marks so the flow is steady and never runs dry.
 HIGH_MARK = 8000

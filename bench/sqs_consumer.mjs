@@ -1,5 +1,5 @@
 // The Node comparison: bbc/sqs-consumer in its best documented configuration for throughput,
-// run as a subprocess by bench/run.py. P consumers (one long poll each, like the worker's pollers),
+// run as a subprocess by bench/consumers.py. P consumers (one long poll each, like the worker's pollers),
 // batchSize 10 and handleMessageBatch, so each receive is acknowledged with one DeleteMessageBatch;
 // the handler runs on every message of the batch at once. Configured by BENCH_* and AWS_* variables;
 // prints "ready" once started and, on SIGTERM, one JSON line with the number of messages it handled.

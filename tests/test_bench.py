@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.run import body, percentile
+from bench.measure import body, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,14 +12,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.test_deploy_support import DEPLOY, load_json
+from worker.service.iam import Requirement, required_permissions, simulation_principal
 from worker.service.permissions import (
     PermissionReport,
-    Requirement,
     check_permissions,
     log_missing_permissions,
     log_report,
-    required_permissions,
-    simulation_principal,
 )
 from worker.settings import Settings
 

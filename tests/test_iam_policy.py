@@ -197,7 +197,7 @@ def test_worker_policy_allows_exactly_what_the_worker_calls() -> None:
 def test_worker_policy_names_exactly_the_resources_of_the_deployed_configuration() -> None:
     """(action, resource) pairs equal required_permissions() for the manifests, plus the self-check."""
     from worker.aws.names import queue_arn_from_url
-    from worker.service.permissions import required_permissions
+    from worker.service.iam import required_permissions
 
     configmap = load_yaml(DEPLOY / "k8s" / "configmap.yaml")["data"]
     settings = settings_from_env(configmap)

@@ -17,7 +17,7 @@ from worker.engine.policy import (
     Condition,
     DeadLetter,
     Decision,
-    Outcome,
+    HandlerResult,
     RetryAfter,
     RetryConfig,
     RetryNow,
@@ -32,7 +32,7 @@ from worker.limits import SQS_VISIBILITY_CAP_SECONDS
 
 PROPS = settings(max_examples=200, deadline=None)
 DEFAULT = RetryConfig()
-TRANSIENT = (Outcome.ERROR, Outcome.TIMEOUT, Outcome.RETRY_LATER)
+TRANSIENT = (HandlerResult.ERROR, HandlerResult.TIMEOUT, HandlerResult.RETRY_LATER)
 
 configs = st.builds(
     RetryConfig,
@@ -59,19 +59,19 @@ def test_defaults_match_documented_settings() -> None:
 @PROPS
 def test_success_always_acks(config: RetryConfig, receive_count: int, done: int, jitter: float) -> None:
     """SUCCESS acks whatever the receive count, immediate retries done or attempts used."""
-    attempt = Attempt(Outcome.SUCCESS, receive_count, immediate_retries_done=done, jitter=jitter)
+    attempt = Attempt(HandlerResult.SUCCESS, receive_count, immediate_retries_done=done, jitter=jitter)
     assert decide(attempt, config) == Ack()
 
 
 @pytest.mark.parametrize(
     ("outcome", "condition"),
     [
-        (Outcome.PERMANENT, Condition.PERMANENT_ERROR),
-        (Outcome.DECODE, Condition.DECODE_ERROR),
-        (Outcome.SCHEMA, Condition.SCHEMA_ERROR),
+        (HandlerResult.PERMANENT, Condition.PERMANENT_ERROR),
+        (HandlerResult.DECODE, Condition.DECODE_ERROR),
+        (HandlerResult.SCHEMA, Condition.SCHEMA_ERROR),
     ],
 )
-def test_terminal_outcomes_dead_letter_on_first_try(outcome: Outcome, condition: Condition) -> None:
+def test_terminal_outcomes_dead_letter_on_first_try(outcome: HandlerResult, condition: Condition) -> None:
     """PermanentError/DecodeError/SchemaError dead-letter at once, with their own condition."""
     assert decide(Attempt(outcome, 1), DEFAULT) == DeadLetter(condition)
     assert condition.value == outcome.value
@@ -85,7 +85,7 @@ def test_terminal_outcomes_dead_letter_on_first_try(outcome: Outcome, condition:
 )
 @PROPS
 def test_terminal_outcomes_never_retry(
-    outcome: Outcome, config: RetryConfig, receive_count: int, done: int
+    outcome: HandlerResult, config: RetryConfig, receive_count: int, done: int
 ) -> None:
     """A terminal outcome dead-letters with its condition even when attempts are left."""
     decision = decide(Attempt(outcome, receive_count, immediate_retries_done=done), config)
@@ -95,8 +95,8 @@ def test_terminal_outcomes_never_retry(
 # --- immediate retries ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("outcome", [Outcome.ERROR, Outcome.TIMEOUT])
-def test_first_failure_on_first_delivery_retries_immediately(outcome: Outcome) -> None:
+@pytest.mark.parametrize("outcome", [HandlerResult.ERROR, HandlerResult.TIMEOUT])
+def test_first_failure_on_first_delivery_retries_immediately(outcome: HandlerResult) -> None:
     """With the default config, the first transient failure of delivery 1 is retried in process."""
     assert decide(Attempt(outcome, 1, immediate_retries_done=0), DEFAULT) == RetryNow()
 
@@ -105,14 +105,14 @@ def test_immediate_retries_stop_at_configured_count() -> None:
     """After immediate_retries in-process retries the message goes back to the queue with a delay."""
     config = RetryConfig(max_attempts=10, immediate_retries=3)
     for done in range(3):
-        assert decide(Attempt(Outcome.ERROR, 1, immediate_retries_done=done), config) == RetryNow()
-    assert isinstance(decide(Attempt(Outcome.ERROR, 1, immediate_retries_done=3), config), RetryAfter)
+        assert decide(Attempt(HandlerResult.ERROR, 1, immediate_retries_done=done), config) == RetryNow()
+    assert isinstance(decide(Attempt(HandlerResult.ERROR, 1, immediate_retries_done=3), config), RetryAfter)
 
 
 def test_no_immediate_retries_when_configured_zero() -> None:
     """immediate_retries=0 sends the first failure straight to a delayed retry."""
     config = RetryConfig(immediate_retries=0)
-    assert isinstance(decide(Attempt(Outcome.ERROR, 1), config), RetryAfter)
+    assert isinstance(decide(Attempt(HandlerResult.ERROR, 1), config), RetryAfter)
 
 
 @given(
@@ -123,7 +123,7 @@ def test_no_immediate_retries_when_configured_zero() -> None:
 )
 @PROPS
 def test_no_immediate_retry_after_first_delivery(
-    config: RetryConfig, outcome: Outcome, receive_count: int, jitter: float
+    config: RetryConfig, outcome: HandlerResult, receive_count: int, jitter: float
 ) -> None:
     """Deliveries after the first never get an in-process retry."""
     decision = decide(Attempt(outcome, receive_count, jitter=jitter), config)
@@ -142,7 +142,7 @@ def test_retry_later_never_retries_immediately(
 ) -> None:
     """RetryLater (with or without a delay) never gets an in-process retry, even on delivery 1."""
     decision = decide(
-        Attempt(Outcome.RETRY_LATER, receive_count, immediate_retries_done=done, retry_later_delay=delay),
+        Attempt(HandlerResult.RETRY_LATER, receive_count, immediate_retries_done=done, retry_later_delay=delay),
         config,
     )
     assert isinstance(decision, RetryAfter | DeadLetter)
@@ -160,8 +160,8 @@ def test_attempts_made_counts_immediate_retries() -> None:
     assert attempts_made(5, 0, config) == 7
 
 
-@pytest.mark.parametrize("outcome", [Outcome.ERROR, Outcome.RETRY_LATER])
-def test_exhausted_attempts_dead_letter_retries_exhausted(outcome: Outcome) -> None:
+@pytest.mark.parametrize("outcome", [HandlerResult.ERROR, HandlerResult.RETRY_LATER])
+def test_exhausted_attempts_dead_letter_retries_exhausted(outcome: HandlerResult) -> None:
     """The max_attempts-th failed invocation dead-letters with RetriesExhausted."""
     # default: delivery 1 runs twice (1 immediate retry), deliveries 2, 3, 4 once each -> 5 attempts
     assert attempts_made(4, 0, DEFAULT) == 5
@@ -173,21 +173,21 @@ def test_exhausted_attempts_dead_letter_retries_exhausted(outcome: Outcome) -> N
 
 def test_exhausted_attempts_after_timeout_dead_letter_timeout() -> None:
     """When the last failed invocation timed out, the exhausted message's condition is Timeout."""
-    assert decide(Attempt(Outcome.TIMEOUT, 4), DEFAULT) == DeadLetter(Condition.TIMEOUT)
+    assert decide(Attempt(HandlerResult.TIMEOUT, 4), DEFAULT) == DeadLetter(Condition.TIMEOUT)
 
 
 def test_max_attempts_one_dead_letters_first_failure() -> None:
     """max_attempts=1: the first failure dead-letters, no immediate retry even though one is configured."""
     config = RetryConfig(max_attempts=1, immediate_retries=1)
-    assert decide(Attempt(Outcome.ERROR, 1), config) == DeadLetter(Condition.RETRIES_EXHAUSTED)
-    assert decide(Attempt(Outcome.TIMEOUT, 1), config) == DeadLetter(Condition.TIMEOUT)
+    assert decide(Attempt(HandlerResult.ERROR, 1), config) == DeadLetter(Condition.RETRIES_EXHAUSTED)
+    assert decide(Attempt(HandlerResult.TIMEOUT, 1), config) == DeadLetter(Condition.TIMEOUT)
 
 
 def test_immediate_retries_bounded_by_max_attempts() -> None:
     """In-process retries stop when they would exceed max_attempts."""
     config = RetryConfig(max_attempts=3, immediate_retries=10)
-    assert decide(Attempt(Outcome.ERROR, 1, immediate_retries_done=1), config) == RetryNow()
-    assert decide(Attempt(Outcome.ERROR, 1, immediate_retries_done=2), config) == DeadLetter(
+    assert decide(Attempt(HandlerResult.ERROR, 1, immediate_retries_done=1), config) == RetryNow()
+    assert decide(Attempt(HandlerResult.ERROR, 1, immediate_retries_done=2), config) == DeadLetter(
         Condition.RETRIES_EXHAUSTED
     )
 
@@ -200,7 +200,7 @@ def test_immediate_retries_bounded_by_max_attempts() -> None:
 )
 @PROPS
 def test_transient_dead_letters_exactly_when_attempts_used(
-    config: RetryConfig, outcome: Outcome, receive_count: int, done: int
+    config: RetryConfig, outcome: HandlerResult, receive_count: int, done: int
 ) -> None:
     """A transient failure dead-letters iff attempts_made >= max_attempts, Timeout iff it timed out."""
     if receive_count > 1:
@@ -209,7 +209,7 @@ def test_transient_dead_letters_exactly_when_attempts_used(
         Attempt(outcome, receive_count, immediate_retries_done=done, retry_later_delay=1.0), config
     )
     if attempts_made(receive_count, done, config) >= config.max_attempts:
-        expected = Condition.TIMEOUT if outcome is Outcome.TIMEOUT else Condition.RETRIES_EXHAUSTED
+        expected = Condition.TIMEOUT if outcome is HandlerResult.TIMEOUT else Condition.RETRIES_EXHAUSTED
         assert decision == DeadLetter(expected)
     else:
         assert isinstance(decision, RetryAfter | RetryNow)
@@ -302,7 +302,7 @@ def test_delayed_retry_uses_backoff_of_receive_count(
         backoff_max_seconds=config.backoff_max_seconds,
     )
     decision = decide(
-        Attempt(Outcome.ERROR, receive_count, jitter=jitter, seconds_since_receive=since), config
+        Attempt(HandlerResult.ERROR, receive_count, jitter=jitter, seconds_since_receive=since), config
     )
     expected = min(backoff_delay(receive_count, jitter, config), visibility_cap(since))
     assert decision == RetryAfter(expected)
@@ -320,7 +320,7 @@ def test_visibility_cap_values() -> None:
 @pytest.mark.parametrize(("asked", "expected"), [(0.0, 0), (0.2, 1), (7.0, 7), (7.01, 8), (600, 600)])
 def test_retry_later_delay_is_honoured_rounded_up(asked: float, expected: int) -> None:
     """RetryLater(delay) gives back the message for ceil(delay) seconds, ignoring the backoff."""
-    decision = decide(Attempt(Outcome.RETRY_LATER, 1, retry_later_delay=asked, jitter=0.99), DEFAULT)
+    decision = decide(Attempt(HandlerResult.RETRY_LATER, 1, retry_later_delay=asked, jitter=0.99), DEFAULT)
     assert decision == RetryAfter(expected)
 
 
@@ -328,20 +328,20 @@ def test_retry_later_delay_is_honoured_rounded_up(asked: float, expected: int) -
 def test_retry_later_delay_capped_by_visibility_cap(asked: float) -> None:
     """A RetryLater delay beyond the 12 h cap (even infinity) is cut to the cap, no OverflowError."""
     decision = decide(
-        Attempt(Outcome.RETRY_LATER, 2, retry_later_delay=asked, seconds_since_receive=1000), DEFAULT
+        Attempt(HandlerResult.RETRY_LATER, 2, retry_later_delay=asked, seconds_since_receive=1000), DEFAULT
     )
     assert decision == RetryAfter(visibility_cap(1000))
 
 
 def test_retry_later_nan_delay_falls_back_to_backoff() -> None:
     """RetryLater(nan) is treated like RetryLater() (backoff), not a ValueError."""
-    attempt = Attempt(Outcome.RETRY_LATER, 2, retry_later_delay=math.nan, jitter=0.5)
+    attempt = Attempt(HandlerResult.RETRY_LATER, 2, retry_later_delay=math.nan, jitter=0.5)
     assert decide(attempt, DEFAULT) == RetryAfter(backoff_delay(2, 0.5, DEFAULT))
 
 
 def test_retry_later_without_delay_uses_backoff() -> None:
     """RetryLater() with no delay waits the normal jittered backoff of the receive count."""
-    attempt = Attempt(Outcome.RETRY_LATER, 3, jitter=0.75)
+    attempt = Attempt(HandlerResult.RETRY_LATER, 3, jitter=0.75)
     assert decide(attempt, DEFAULT) == RetryAfter(backoff_delay(3, 0.75, DEFAULT))
 
 
@@ -357,7 +357,7 @@ def test_retry_later_without_delay_uses_backoff() -> None:
 @PROPS
 def test_every_retry_after_respects_visibility_cap(
     config: RetryConfig,
-    outcome: Outcome,
+    outcome: HandlerResult,
     receive_count: int,
     done: int,
     delay: float | None,
@@ -390,10 +390,10 @@ class Life:
     invocations: int
     final: Decision
     deliveries: int
-    last_outcome: Outcome | None  # None when admit() refused the message before any further run
+    last_outcome: HandlerResult | None  # None when admit() refused the message before any further run
 
 
-def simulate(config: RetryConfig, outcomes: list[Outcome], lost: set[int], jitter: float) -> Life:
+def simulate(config: RetryConfig, outcomes: list[HandlerResult], lost: set[int], jitter: float) -> Life:
     """Drive a message through deliveries 1, 2, ... as the processor does; outcomes cycle, never SUCCESS.
 
     Deliveries in ``lost`` are received but never processed (crash, lease lost): the receive count still
@@ -436,7 +436,7 @@ def simulate(config: RetryConfig, outcomes: list[Outcome], lost: set[int], jitte
 )
 @PROPS
 def test_simulated_life_bounded_and_dead_lettered(
-    config: RetryConfig, outcomes: list[Outcome], lost: set[int], jitter: float
+    config: RetryConfig, outcomes: list[HandlerResult], lost: set[int], jitter: float
 ) -> None:
     """An always-failing message is run at most max_attempts times and always ends dead-lettered."""
     life = simulate(config, outcomes, lost, jitter)
@@ -444,7 +444,7 @@ def test_simulated_life_bounded_and_dead_lettered(
     if not lost:
         assert life.invocations >= 1
     assert isinstance(life.final, DeadLetter)
-    timed_out = life.last_outcome is Outcome.TIMEOUT
+    timed_out = life.last_outcome is HandlerResult.TIMEOUT
     assert life.final.condition is (Condition.TIMEOUT if timed_out else Condition.RETRIES_EXHAUSTED)
 
 
@@ -452,7 +452,7 @@ def test_simulated_life_bounded_and_dead_lettered(
 @PROPS
 def test_simulated_life_uses_every_attempt_when_plain_errors(config: RetryConfig, jitter: float) -> None:
     """With plain errors and no lost deliveries, the handler runs exactly max_attempts times."""
-    life = simulate(config, [Outcome.ERROR], set(), jitter)
+    life = simulate(config, [HandlerResult.ERROR], set(), jitter)
     assert life.invocations == config.max_attempts
     assert life.final == DeadLetter(Condition.RETRIES_EXHAUSTED)
 
@@ -461,12 +461,12 @@ def test_simulated_life_uses_every_attempt_when_plain_errors(config: RetryConfig
 @PROPS
 def test_simulated_life_always_timing_out_ends_with_timeout(config: RetryConfig, jitter: float) -> None:
     """A handler that always times out uses every attempt and is dead-lettered with Timeout."""
-    life = simulate(config, [Outcome.TIMEOUT], set(), jitter)
+    life = simulate(config, [HandlerResult.TIMEOUT], set(), jitter)
     assert life.invocations == config.max_attempts
     assert life.final == DeadLetter(Condition.TIMEOUT)
 
 
 def test_simulated_default_life_shape() -> None:
     """Default config: delivery 1 runs twice, deliveries 2-4 once: 5 runs over 4 deliveries."""
-    life = simulate(DEFAULT, [Outcome.ERROR], set(), 0.5)
+    life = simulate(DEFAULT, [HandlerResult.ERROR], set(), 0.5)
     assert (life.invocations, life.deliveries) == (5, 4)

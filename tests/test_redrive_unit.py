@@ -18,7 +18,7 @@ from worker.errors import ConfigError
 from worker.ops.filters import Facts, parse_duration, parse_filter
 from worker.ops.progress import Tally, format_bar
 from worker.ops.redrive.command import RedriveOptions, Report, _confirm, choose_mode, usage_problem
-from worker.ops.redrive.plan import DeadLetter, Verdict, plan_redrive, redrive_dedup_id
+from worker.ops.redrive.plan import DeadLetteredMessage, Verdict, plan_redrive, redrive_dedup_id
 from worker.ops.redrive.ratelimit import TokenBucket, default_burst
 from worker.ops.settings import QueueRef, ToolError, is_loopback, load_tool_settings
 
@@ -183,7 +183,7 @@ def dlq_entry(
 def plan_for(entry: dict[str, Any], target: str | None = SOURCE["url"], **kw: Any) -> Any:
     """plan_redrive with the usual arguments."""
     return plan_redrive(
-        DeadLetter.from_entry(entry, DLQ), target_url=target, dlq_url=DLQ, max_redrives=3, now=NOW, **kw
+        DeadLetteredMessage.from_entry(entry, DLQ), target_url=target, dlq_url=DLQ, max_redrives=3, now=NOW, **kw
     )
 
 
@@ -245,7 +245,7 @@ def test_worker_does_not_count_a_redrive_twice() -> None:
     assert again.redriven_at is None
     assert again.history[-1]["redriven_at"] == "2026-01-02T03:04:05Z"
     assert again.original_message_id == "orig-1"
-    native = DeadLetter.from_entry(dlq_entry(redrive_count=2), DLQ)  # moved unchanged by a move task
+    native = DeadLetteredMessage.from_entry(dlq_entry(redrive_count=2), DLQ)  # moved unchanged by a move task
     assert native.record is not None
     counted = failure_record(
         native.message,
@@ -290,7 +290,7 @@ def test_fifo_copy_keeps_group_and_derives_dedup_id() -> None:
 def test_broker_dead_lettered_message_gets_a_record() -> None:
     """A message the broker moved gets a record naming its source, so the loop guard can count it."""
     entry = dlq_entry(record=False, broker_source=SOURCE["arn"])
-    dead = DeadLetter.from_entry(entry, DLQ)
+    dead = DeadLetteredMessage.from_entry(entry, DLQ)
     assert dead.error_type == "none"
     assert dead.source_name == "orders"
     plan = plan_for(entry, source_url=SOURCE["url"])
@@ -416,7 +416,7 @@ def test_fifo_sends_one_message_per_group_per_call() -> None:
     for group, n in [("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1)]:
         entry = dlq_entry(group=group)
         entry["Body"] = f"{group}{n}"
-        dead = DeadLetter.from_entry(entry, DLQ + ".fifo")
+        dead = DeadLetteredMessage.from_entry(entry, DLQ + ".fifo")
         items.append(
             (
                 dead,

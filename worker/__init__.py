@@ -1,6 +1,9 @@
 """A resilient asyncio SQS/SNS worker: timeouts, staged retries, dead-lettering, destinations, metrics."""
 
 from worker._version import __version__ as __version__
+from worker.deadletter.record import FailureRecord as FailureRecord
+from worker.deadletter.record import read_failure as read_failure
+from worker.deadletter.record import restore_attributes as restore_attributes
 from worker.destinations.record import DestinationRecord as DestinationRecord
 from worker.engine.message import Message as Message
 from worker.engine.message import MessageAttribute as MessageAttribute
@@ -29,7 +32,11 @@ __all__ = [  # noqa: RUF022 - grouped by purpose, as the docs present them
     # outcomes and hooks
     "Condition",
     "DestinationRecord",
-    "Outcome",
+    "Outcome",  # kept for compatibility: what run_worker(sink=...) receives; hooks get DestinationRecord
+    # dead-letter records (worker dlq / redrive read them; so can a secondary consumer)
+    "FailureRecord",
+    "read_failure",
+    "restore_attributes",
     # meta
     "__version__",
 ]

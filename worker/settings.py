@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from worker.destinations.uri import parse_destination
 from worker.errors import ConfigError
 from worker.limits import SQS_VISIBILITY_CAP_SECONDS
 
@@ -160,8 +161,6 @@ class Settings(BaseSettings):
     @field_validator("on_success", "on_failure")
     @classmethod
     def _valid_destinations(cls, value: list[str]) -> list[str]:
-        from worker.destinations.uri import parse_destination
-
         for uri in value:
             parse_destination(uri)
         return value

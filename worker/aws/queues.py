@@ -31,3 +31,15 @@ async def lookup_queue_url(client: Any, ref: str) -> str:
         kwargs["QueueOwnerAWSAccountId"] = arn.account
     response = await client.get_queue_url(**kwargs)
     return str(response["QueueUrl"])
+
+
+async def receive(client: Any, url: str, most: int, *, wait: int, visibility: int) -> Any:
+    """One ReceiveMessage with every attribute: the response (``Messages`` may be absent when empty)."""
+    return await client.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=most,
+        WaitTimeSeconds=wait,
+        VisibilityTimeout=visibility,
+        MessageAttributeNames=["All"],
+        MessageSystemAttributeNames=["All"],
+    )

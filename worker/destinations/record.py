@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from worker.deadletter.record import read_failure
 from worker.engine.outcome import Outcome
 from worker.timestamps import iso_utc
 
@@ -215,8 +216,6 @@ def iso_timestamp(unix: float) -> str:
 
 def original_message_id(outcome: Outcome) -> str:
     """The id the message had when first sent: kept across dead-letter and redrive by ``worker.failure``."""
-    from worker.deadletter.record import read_failure
-
     previous = read_failure(outcome.message.sqs_attributes)
     if previous is not None and previous.original_message_id:
         return previous.original_message_id

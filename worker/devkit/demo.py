@@ -14,7 +14,6 @@ import os
 import random
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -25,7 +24,10 @@ import anyio
 
 from worker.aws.client import client_config, create_client
 from worker.destinations.record import DestinationRecord
+from worker.service.app import run_worker
 from worker.settings import Settings
+from worker.telemetry.liveline import LiveLine
+from worker.telemetry.logs import configure_logging
 from worker.telemetry.metrics import Metrics
 
 #: The mix of scenarios published (weights); see worker/examples/orders.py for what each does.
@@ -230,14 +232,14 @@ def _counter(metrics: Metrics, name: str, **labels: str) -> int:
     return int(total)
 
 
-class Progress:
-    """Live progress: one rewritten line on a terminal, a plain line every few seconds otherwise."""
+class DemoProgress:
+    """The demo's counts on one live line (a plain line every 3 s when not on a terminal)."""
 
     def __init__(self, total: int, stream: Any = None) -> None:
         self.total = total
         self.stream = stream or sys.stdout
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last_plain = 0.0
+        tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._line = LiveLine(self.stream, tty=tty, interval=3.0)
 
     def show(self, metrics: Metrics, elapsed: float, *, final: bool = False) -> None:
         """Print the current counts."""
@@ -248,11 +250,13 @@ class Progress:
             f"retries {_counter(metrics, 'worker_retries_total', kind='immediate')} immediate, "
             f"{_counter(metrics, 'worker_retries_total', kind='delayed')} delayed"
         )
-        if self.tty:
-            self.stream.write("\r" + line.ljust(100) + ("\n" if final else ""))
-            self.stream.flush()
-        elif final or time.monotonic() - self._last_plain >= 3:
-            self._last_plain = time.monotonic()
+        if not self._line.due(force=final):
+            return
+        if self._line.tty:
+            self._line.draw(line)
+            if final:
+                self._line.finish()
+        else:
             print(line, file=self.stream, flush=True)
 
 
@@ -282,9 +286,6 @@ async def run_demo(
     *, messages: int, quick: bool, keep: bool, http_port: int = 9102, prefix: str = "demo", stream: Any = None
 ) -> Summary:
     """Create the topology, run the worker, publish traffic, wait for every outcome, check the stack."""
-    from worker.service.app import run_worker
-    from worker.telemetry.logs import configure_logging
-
     out = stream or sys.stdout
     _RECORDS.clear()
     configure_logging("ERROR", "text")  # the progress line and the summary tell the story
@@ -294,7 +295,7 @@ async def run_demo(
     settings = demo_settings(topo, quick=quick, http_port=port)
     orders = build_orders(messages)
     metrics = Metrics()
-    progress = Progress(messages, out)
+    progress = DemoProgress(messages, out)
     started = time.monotonic()
     async with anyio.create_task_group() as tg:
         worker = await tg.start(
@@ -423,8 +424,3 @@ def main(
         data = asdict(summary) | {"succeeded": summary.succeeded, "dead_lettered": summary.dead_lettered}
         Path(summary_json).write_text(json.dumps(data, indent=2))
     return 0 if not summary.consistent() else 1
-
-
-def unique_prefix() -> str:
-    """A prefix for a throwaway demo run (tests)."""
-    return f"demo-{uuid.uuid4().hex[:8]}"

@@ -50,7 +50,7 @@ RUN_DIR_ENV = "WORKER_LOCALSTACK_RUN_DIR"
 LISTEN_FD_ENV = "WORKER_LOCALSTACK_LISTEN_FD"
 DEFAULT_REGION = "us-east-1"
 
-_PINS_IN_REPO = Path(__file__).resolve().parents[1] / "localstack" / "host" / "requirements.txt"
+_PINS_IN_REPO = Path(__file__).resolve().parents[2] / "localstack" / "host" / "requirements.txt"
 _PINS_RESOURCE = "_data/localstack-host-requirements.txt"
 _STOP_GRACE_SECONDS = 10.0
 _LOG_TAIL_BYTES = 4000

@@ -12,6 +12,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from worker.aws.client import CALL_ERRORS, error_code
+from worker.aws.queues import receive
 from worker.backoff import Backoff
 from worker.engine.message import Message, parse_or_fallback, sent_timestamp_ms
 from worker.engine.processor import Processor
@@ -174,13 +175,12 @@ class Consumer:
             sent = anyio.current_time()
             self.health.poll_begun(index, sent + self.settings.wait_time_seconds + POLL_OVERDUE_MARGIN)
             try:
-                response = await self.client.receive_message(
-                    QueueUrl=self.settings.queue_url,
-                    MaxNumberOfMessages=wanted,
-                    WaitTimeSeconds=self.settings.wait_time_seconds,
-                    VisibilityTimeout=self.settings.visibility_timeout_seconds,
-                    MessageSystemAttributeNames=["All"],
-                    MessageAttributeNames=["All"],
+                response = await receive(
+                    self.client,
+                    self.settings.queue_url,
+                    wanted,
+                    wait=self.settings.wait_time_seconds,
+                    visibility=self.settings.visibility_timeout_seconds,
                 )
             except CALL_ERRORS as exc:
                 self.health.poll_ended(index)

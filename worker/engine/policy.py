@@ -18,7 +18,7 @@ from worker.limits import SQS_VISIBILITY_CAP_SECONDS
 CAP_MARGIN_SECONDS = 5
 
 
-class Outcome(StrEnum):
+class HandlerResult(StrEnum):
     """How one handler invocation ended."""
 
     SUCCESS = "Success"
@@ -31,7 +31,7 @@ class Outcome(StrEnum):
 
 
 #: Outcomes that dead-letter at once, whatever the attempts left.
-TERMINAL = frozenset({Outcome.PERMANENT, Outcome.DECODE, Outcome.SCHEMA})
+TERMINAL = frozenset({HandlerResult.PERMANENT, HandlerResult.DECODE, HandlerResult.SCHEMA})
 
 
 class Condition(StrEnum):
@@ -46,9 +46,9 @@ class Condition(StrEnum):
 
 
 _TERMINAL_CONDITION = {
-    Outcome.PERMANENT: Condition.PERMANENT_ERROR,
-    Outcome.DECODE: Condition.DECODE_ERROR,
-    Outcome.SCHEMA: Condition.SCHEMA_ERROR,
+    HandlerResult.PERMANENT: Condition.PERMANENT_ERROR,
+    HandlerResult.DECODE: Condition.DECODE_ERROR,
+    HandlerResult.SCHEMA: Condition.SCHEMA_ERROR,
 }
 
 
@@ -66,7 +66,7 @@ class RetryConfig:
 class Attempt:
     """Everything known about a message right after one handler invocation."""
 
-    outcome: Outcome
+    outcome: HandlerResult
     receive_count: int
     immediate_retries_done: int = 0
     retry_later_delay: float | None = None
@@ -133,16 +133,16 @@ def visibility_cap(seconds_since_receive: float) -> int:
 
 def decide(attempt: Attempt, config: RetryConfig) -> Decision:
     """The decision table: success acks; terminal errors and exhausted attempts dead-letter; else retry."""
-    if attempt.outcome is Outcome.SUCCESS:
+    if attempt.outcome is HandlerResult.SUCCESS:
         return Ack()
     terminal = _TERMINAL_CONDITION.get(attempt.outcome)
     if terminal is not None:
         return DeadLetter(terminal)
     made = attempts_made(attempt.receive_count, attempt.immediate_retries_done, config)
     if made >= config.max_attempts:
-        timed_out = attempt.outcome is Outcome.TIMEOUT
+        timed_out = attempt.outcome is HandlerResult.TIMEOUT
         return DeadLetter(Condition.TIMEOUT if timed_out else Condition.RETRIES_EXHAUSTED)
-    if attempt.outcome is Outcome.RETRY_LATER:
+    if attempt.outcome is HandlerResult.RETRY_LATER:
         asked = attempt.retry_later_delay
         if asked is not None and not math.isnan(asked):
             cap = visibility_cap(attempt.seconds_since_receive)

@@ -46,7 +46,7 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class Disposition:
     """What happened to a message; ``give_back`` is set when it went back to the queue with a delay."""
 
     finished: bool
@@ -55,17 +55,17 @@ class Verdict:
     settle_pending: bool = False
 
 
-def classify(exc: BaseException) -> policy.Outcome:
+def classify(exc: BaseException) -> policy.HandlerResult:
     """Map a handler exception to a policy outcome."""
     if isinstance(exc, PermanentError):
-        return policy.Outcome.PERMANENT
+        return policy.HandlerResult.PERMANENT
     if isinstance(exc, SchemaError):
-        return policy.Outcome.SCHEMA
+        return policy.HandlerResult.SCHEMA
     if isinstance(exc, DecodeError):
-        return policy.Outcome.DECODE
+        return policy.HandlerResult.DECODE
     if isinstance(exc, RetryLater):
-        return policy.Outcome.RETRY_LATER
-    return policy.Outcome.ERROR
+        return policy.HandlerResult.RETRY_LATER
+    return policy.HandlerResult.ERROR
 
 
 class Processor:
@@ -197,7 +197,7 @@ class Processor:
         lease: Lease,
         *,
         settle: Callable[[], None] | None = None,
-    ) -> Verdict:
+    ) -> Disposition:
         """Run one message to a verdict: acked, retried later, or dead-lettered.
 
         With ``settle``, a success does not wait for its delete: the verdict says ``settle_pending`` and
@@ -244,21 +244,21 @@ class Processor:
                     {"ReceiptHandle": message.receipt_handle},
                     partial(self._deleted, message, attempts, response, settle),
                 )
-                return Verdict(finished=True, settle_pending=True)
+                return Disposition(finished=True, settle_pending=True)
             deleted = await self._delete(message, lease)
             self._emit(message, Condition.SUCCESS, attempts, response=response)
-            return Verdict(finished=deleted)
+            return Disposition(finished=deleted)
         failure = _failure(outcome, error, self.settings.timeout_seconds)
         if isinstance(decision, policy.RetryAfter):
             self._processed["retried"].inc()
             self.metrics.retries.labels(self.queue, "delayed").inc()
             self._log_failure(message, outcome, error, "retry_after", delay=decision.seconds)
             released = await self._release(message, lease, decision.seconds)
-            return Verdict(finished=False, give_back=decision.seconds if released else None)
+            return Disposition(finished=False, give_back=decision.seconds if released else None)
         self._log_failure(message, outcome, error, "dead_letter")
         return await self._dead_letter(message, lease, decision.condition, failure, attempts)
 
-    async def _invoke(self, message: Message) -> tuple[policy.Outcome, object, BaseException | None]:
+    async def _invoke(self, message: Message) -> tuple[policy.HandlerResult, object, BaseException | None]:
         started = time.perf_counter()
         try:
             with anyio.move_on_after(self.settings.timeout_seconds) as scope:
@@ -269,17 +269,17 @@ class Processor:
         self._duration.observe(time.perf_counter() - started)
         if scope.cancelled_caught:
             self._timeouts.inc()
-            return policy.Outcome.TIMEOUT, None, None
-        return policy.Outcome.SUCCESS, response, None
+            return policy.HandlerResult.TIMEOUT, None, None
+        return policy.HandlerResult.SUCCESS, response, None
 
     async def _dead_letter(
         self, message: Message, lease: Lease, condition: Condition, failure: Failure, attempts: int
-    ) -> Verdict:
+    ) -> Disposition:
         if self.dead_letters is None:
             raise RuntimeError("no dead-letter queue configured")  # start-up refuses this configuration
         if not lease.held():
             self._lease_lost(message, "dead_letter")
-            return Verdict(finished=False)
+            return Disposition(finished=False)
         sent = await self.dead_letters.send(
             message, condition, failure.error_type, failure.error_message, attempts
         )
@@ -289,12 +289,12 @@ class Processor:
                 policy.backoff_delay(2, self.jitter(), self.retry), policy.visibility_cap(lease.age())
             )
             released = await self._release(message, lease, delay)
-            return Verdict(finished=False, give_back=delay if released else None)
+            return Disposition(finished=False, give_back=delay if released else None)
         self._processed["dead_lettered"].inc()
         self.metrics.dead_lettered.labels(self.queue, condition.value).inc()
         await self._delete(message, lease)
         self._emit(message, condition, attempts, failure=failure)
-        return Verdict(finished=True)
+        return Disposition(finished=True)
 
     def _remember(self, message_id: str, condition: Condition, failure: Failure, attempts: int) -> None:
         self._pending[message_id] = (condition, failure, attempts)
@@ -378,7 +378,7 @@ class Processor:
     def _log_failure(
         self,
         message: Message,
-        outcome: policy.Outcome,
+        outcome: policy.HandlerResult,
         error: BaseException | None,
         action: str,
         **extra: Any,
@@ -394,12 +394,12 @@ class Processor:
         }
         if self.settings.log_bodies and error is not None:
             fields["error"] = str(error)
-        level = logging.INFO if outcome is policy.Outcome.RETRY_LATER else logging.WARNING
+        level = logging.INFO if outcome is policy.HandlerResult.RETRY_LATER else logging.WARNING
         log.log(level, "handler failed", extra=fields)
 
 
-def _failure(outcome: policy.Outcome, error: BaseException | None, timeout: float) -> Failure:
-    if outcome is policy.Outcome.TIMEOUT:
+def _failure(outcome: policy.HandlerResult, error: BaseException | None, timeout: float) -> Failure:
+    if outcome is policy.HandlerResult.TIMEOUT:
         return Failure("Timeout", f"handler exceeded its {timeout:g}s timeout")
     if error is None:
         return Failure(outcome.value, "")

@@ -21,10 +21,11 @@ import anyio
 
 from worker.aws.client import CALL_ERRORS, client_config, create_client, error_code
 from worker.aws.names import queue_name
-from worker.aws.queues import DEPTH_ATTRIBUTES
+from worker.aws.queues import DEPTH_ATTRIBUTES, receive
+from worker.limits import SQS_BATCH_MAX
 from worker.ops.filters import NO_RECORD, Filter, all_match
 from worker.ops.hold import HeldMessages
-from worker.ops.redrive.plan import DeadLetter
+from worker.ops.redrive.plan import DeadLetteredMessage
 from worker.ops.settings import QueueRef, ToolError, ToolSettings, resolve_dlq
 from worker.timestamps import iso_utc
 
@@ -42,7 +43,7 @@ RECEIVE_COUNT_NOTE = "a scan raises each scanned message's receive count (Approx
 class Scan:
     """What a scan read."""
 
-    messages: list[DeadLetter] = field(default_factory=list)
+    messages: list[DeadLetteredMessage] = field(default_factory=list)
     #: True when a receive came back empty: every visible message was read.
     complete: bool = False
     #: Messages that could not be made visible again at once (they reappear when their lease ends).
@@ -68,21 +69,15 @@ async def scan(client: Any, dlq: QueueRef, *, limit: int, lease: float, wait_sec
         # Stop reading at half the lease: every receipt is still valid when they are given back.
         with anyio.move_on_after(held.lease / 2):
             while len(result.messages) < limit:
-                response = await client.receive_message(
-                    QueueUrl=dlq.url,
-                    MaxNumberOfMessages=min(10, limit - len(result.messages)),
-                    VisibilityTimeout=held.lease,
-                    WaitTimeSeconds=wait_seconds,
-                    MessageAttributeNames=["All"],
-                    MessageSystemAttributeNames=["All"],
-                )
+                most = min(SQS_BATCH_MAX, limit - len(result.messages))
+                response = await receive(client, dlq.url, most, wait=wait_seconds, visibility=held.lease)
                 entries = response.get("Messages", [])
                 if not entries:
                     result.complete = True
                     break
                 for entry in entries:
                     held.add(str(entry["ReceiptHandle"]))
-                    result.messages.append(DeadLetter.from_entry(entry, dlq.url))
+                    result.messages.append(DeadLetteredMessage.from_entry(entry, dlq.url))
     finally:
         with anyio.CancelScope(shield=True):
             result.not_released = await held.release_all()
@@ -96,7 +91,7 @@ def age_bucket(age: float | None) -> str:
     return next(label for bound, label in AGE_BUCKETS if age < bound)
 
 
-def record_row(dead: DeadLetter, now: datetime, *, show_body: bool) -> dict[str, Any]:
+def record_row(dead: DeadLetteredMessage, now: datetime, *, show_body: bool) -> dict[str, Any]:
     """One listed record."""
     record = dead.record
     row: dict[str, Any] = {

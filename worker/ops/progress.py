@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
+from worker.telemetry.liveline import LiveLine
+
 log = logging.getLogger("worker.redrive")
 
 BAR_WIDTH = 24
@@ -74,12 +76,10 @@ class Progress:
         self.tty = tty
         self.total = total
         self.dry_run = dry_run
-        self.interval = interval
         self._clock = clock
         self.started = clock()
-        self._last = float("-inf")
+        self._line = LiveLine(stream, tty=tty, interval=interval, clock=clock)
         self._tally = Tally()
-        self._drawn = False
 
     def elapsed(self) -> float:
         """Seconds since the progress started."""
@@ -88,16 +88,11 @@ class Progress:
     def update(self, tally: Tally, *, force: bool = False) -> None:
         """Show the new counts (throttled: 10/s on a terminal, every ``interval`` s in logs)."""
         self._tally = tally
-        now = self._clock()
+        if not self._line.due(force=force):
+            return
         if self.tty:
-            if force or now - self._last >= 0.1:
-                self._last = now
-                line = format_bar(tally, self.total, self.elapsed(), dry_run=self.dry_run)
-                self.stream.write("\r\x1b[2K" + line)
-                self.stream.flush()
-                self._drawn = True
-        elif force or now - self._last >= self.interval:
-            self._last = now
+            self._line.draw(format_bar(tally, self.total, self.elapsed(), dry_run=self.dry_run))
+        else:
             rate = tally.moved / self.elapsed() if self.elapsed() > 0 else 0.0
             log.info(
                 "redrive progress",
@@ -116,9 +111,8 @@ class Progress:
     def note(self, text: str, **extra: object) -> None:
         """A per-message event (failed, held): a line above the bar, or a warning log line."""
         if self.tty:
-            self.stream.write("\r\x1b[2K" + text + "\n")
-            self.stream.flush()
-            if self._drawn:
+            self._line.above(text)
+            if self._line.drawn:
                 self.update(self._tally, force=True)
         else:
             log.warning(text, extra={"event": "redrive_message", **extra})
@@ -126,6 +120,4 @@ class Progress:
     def finish(self) -> None:
         """Final redraw and a newline on a terminal."""
         self.update(self._tally, force=True)
-        if self.tty and self._drawn:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._line.finish()

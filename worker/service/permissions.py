@@ -1,7 +1,6 @@
-"""Start-up permission check: the IAM actions a configuration needs, and the ones the role lacks.
+"""Start-up permission check: which IAM actions the configuration needs (iam.py) the role lacks.
 
-``required_permissions`` is pure: from the settings and what start-up learned about the source queue it
-lists every (action, resource) the worker will use, with the setting that needs it. ``check_permissions``
+``iam.required_permissions`` lists every (action, resource) the worker will use. ``check_permissions``
 asks IAM's policy simulator (``iam:SimulatePrincipalPolicy`` on the caller's own role) about each of them;
 ``log_missing_permissions`` runs the check and writes one line per missing action.
 
@@ -16,7 +15,7 @@ federated caller, no route to IAM, LocalStack) the check says why in one line an
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,30 +23,13 @@ import anyio
 from aiobotocore.config import AioConfig
 
 from worker.aws.client import CALL_ERRORS, create_client, error_code
-from worker.aws.names import Arn, queue_arn_from_url
-from worker.destinations.uri import parse_destination
-from worker.settings import Settings, env_name
+from worker.service.iam import Requirement, required_permissions, simulated_resource, simulation_principal
+from worker.settings import Settings
 
 log = logging.getLogger("worker.permissions")
 
 #: The whole check (identity, role lookup, simulations) gives up after this many seconds.
 CHECK_TIMEOUT_SECONDS = 10.0
-#: The object key simulated for ``s3:PutObject`` under a destination prefix (never written).
-SIMULATED_OBJECT = "worker-permission-check.json"
-
-
-@dataclass(frozen=True, slots=True)
-class Requirement:
-    """One IAM action on one resource, and the setting that makes the worker use it."""
-
-    action: str
-    resource: str
-    setting: str
-    purpose: str
-
-    def describe(self) -> str:
-        """One line: ``sqs:SendMessage on arn:... (WORKER_DLQ_URL: dead-letter failed messages)``."""
-        return f"{self.action} on {self.resource} ({self.setting}: {self.purpose})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,99 +45,6 @@ class PermissionReport:
     def ok(self) -> bool:
         """True when the simulator answered and allowed everything."""
         return self.skipped is None and not self.missing
-
-
-def required_permissions(settings: Settings, *, queue_arn: str, dlq_url: str) -> list[Requirement]:
-    """Every action the worker performs with this configuration, on the resources it names (no I/O).
-
-    ``queue_arn`` is the source queue's ARN (start-up reads it), ``dlq_url`` the DLQ in use (the
-    setting, or the RedrivePolicy's target).
-    """
-    source = queue_arn
-    base = Arn.parse(source)
-    dlq = queue_arn_from_url(dlq_url, source)
-    queue_var, dlq_var = env_name("queue_url"), env_name("dlq_url")
-    found = [
-        Requirement(
-            "sqs:GetQueueAttributes", source, queue_var, "read the queue's RedrivePolicy; depth metrics"
-        ),
-        Requirement("sqs:ReceiveMessage", source, queue_var, "receive messages"),
-        Requirement("sqs:DeleteMessage", source, queue_var, "delete handled messages (DeleteMessageBatch)"),
-        Requirement(
-            "sqs:ChangeMessageVisibility",
-            source,
-            queue_var,
-            "extend leases, schedule retries (ChangeMessageVisibilityBatch)",
-        ),
-        Requirement("sqs:SendMessage", dlq, dlq_var, "dead-letter failed messages"),
-        Requirement("sqs:GetQueueAttributes", dlq, dlq_var, "check the DLQ at start-up; depth metrics"),
-    ]
-    if settings.dlq_url is None:
-        found.append(Requirement("sqs:GetQueueUrl", dlq, queue_var, "resolve the RedrivePolicy's DLQ"))
-    for field in ("on_success", "on_failure"):
-        for uri in getattr(settings, field):
-            found.extend(_destination(parse_destination(uri), base, source, env_name(field)))
-    return _unique(found)
-
-
-def _destination(uri: Any, base: Arn, source: str, variable: str) -> list[Requirement]:
-    if uri.kind == "sqs":
-        if uri.target.startswith("arn:"):
-            arn = uri.target
-        elif uri.target.lower().startswith(("https://", "http://")):
-            arn = queue_arn_from_url(uri.target, source)
-        else:
-            arn = f"arn:{base.partition}:sqs:{base.region}:{base.account}:{uri.name}"
-        out = [Requirement("sqs:SendMessage", arn, variable, f"deliver records to {uri.label}")]
-        if not uri.target.lower().startswith(("https://", "http://")):
-            out.append(Requirement("sqs:GetQueueUrl", arn, variable, f"resolve {uri.label}"))
-        return out
-    if uri.kind == "sns":
-        return [Requirement("sns:Publish", uri.target, variable, f"deliver records to {uri.label}")]
-    if uri.kind == "s3":
-        key = f"{uri.prefix}/*" if uri.prefix else "*"
-        arn = f"arn:{base.partition}:s3:::{uri.target}/{key}"
-        return [Requirement("s3:PutObject", arn, variable, f"write records to {uri.label}")]
-    if uri.kind == "events":
-        arn = (
-            uri.target
-            if uri.target.startswith("arn:")
-            else f"arn:{base.partition}:events:{base.region}:{base.account}:event-bus/{uri.target}"
-        )
-        return [Requirement("events:PutEvents", arn, variable, f"put records on {uri.label}")]
-    return []  # python: hooks run in-process
-
-
-def _unique(requirements: Iterable[Requirement]) -> list[Requirement]:
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for requirement in requirements:
-        key = (requirement.action, requirement.resource)
-        if key not in seen:
-            seen.add(key)
-            out.append(requirement)
-    return out
-
-
-def simulation_principal(caller_arn: str) -> tuple[str, str] | None:
-    """How to simulate the caller: ("role", role name) or ("user", user ARN); None for root/federated.
-
-    STS reports an assumed role as ``arn:aws:sts::123:assumed-role/NAME/session``; the simulator needs the
-    role's own ARN, whose path only ``iam:GetRole`` knows.
-    """
-    arn = Arn.parse(caller_arn)
-    resource = arn.resource
-    if caller_arn.startswith(f"arn:{arn.partition}:sts::") and resource.startswith("assumed-role/"):
-        return "role", resource.split("/")[1]
-    if caller_arn.startswith(f"arn:{arn.partition}:iam::") and resource.startswith("user/"):
-        return "user", caller_arn
-    if caller_arn.startswith(f"arn:{arn.partition}:iam::") and resource.startswith("role/"):
-        return "role", resource.rsplit("/", 1)[-1]
-    return None
-
-
-def _simulated_resource(resource: str) -> str:
-    return resource[:-1] + SIMULATED_OBJECT if resource.endswith("/*") else resource
 
 
 async def check_permissions(
@@ -190,7 +79,7 @@ async def _simulate(iam: Any, principal: str, requirements: Sequence[Requirement
         kwargs: dict[str, Any] = {
             "PolicySourceArn": principal,
             "ActionNames": list(actions),
-            "ResourceArns": [_simulated_resource(resource)],
+            "ResourceArns": [simulated_resource(resource)],
         }
         while True:
             response = await iam.simulate_principal_policy(**kwargs)

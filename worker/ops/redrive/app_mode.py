@@ -27,12 +27,13 @@ from typing import Any
 import anyio
 
 from worker.aws.client import CALL_ERRORS, error_code
+from worker.aws.queues import receive
 from worker.backoff import Backoff
 from worker.limits import SQS_BATCH_MAX, SQS_MAX_MESSAGE_BYTES, SQS_VISIBILITY_CAP_SECONDS
 from worker.ops.filters import Filter, all_match
 from worker.ops.hold import HeldMessages, change_visibility
 from worker.ops.progress import Progress, Tally
-from worker.ops.redrive.plan import DeadLetter, Plan, Verdict, plan_redrive
+from worker.ops.redrive.plan import DeadLetteredMessage, Plan, Verdict, plan_redrive
 from worker.ops.redrive.ratelimit import TokenBucket, default_burst
 from worker.ops.settings import QueueDirectory, QueueRef
 from worker.telemetry.health import Health
@@ -81,7 +82,7 @@ class AppOptions:
 
 
 @dataclass(slots=True)
-class _Batch:
+class _Received:
     """Messages of one receive that stay in the DLQ, with the visibility each gets back in watch mode."""
 
     leave: list[tuple[str, int]] = field(default_factory=list)
@@ -186,13 +187,12 @@ class AppRedrive:
             if size == 0:
                 return
             try:
-                response = await self._client.receive_message(
-                    QueueUrl=self.dlq.url,
-                    MaxNumberOfMessages=size,
-                    VisibilityTimeout=self.held.lease,
-                    WaitTimeSeconds=self.options.wait_seconds,
-                    MessageAttributeNames=["All"],
-                    MessageSystemAttributeNames=["All"],
+                response = await receive(
+                    self._client,
+                    self.dlq.url,
+                    size,
+                    wait=self.options.wait_seconds,
+                    visibility=self.held.lease,
                 )
             except CALL_ERRORS as exc:
                 self._refund(size)
@@ -231,11 +231,11 @@ class AppRedrive:
 
     async def _handle(self, entries: list[dict[str, Any]]) -> None:
         now = datetime.now(UTC)
-        batch = _Batch()
-        moves: list[tuple[DeadLetter, str, Plan]] = []
+        batch = _Received()
+        moves: list[tuple[DeadLetteredMessage, str, Plan]] = []
         blocked: set[str] = set()
         for entry in entries:
-            dead = DeadLetter.from_entry(entry, self.dlq.url)
+            dead = DeadLetteredMessage.from_entry(entry, self.dlq.url)
             group = dead.message.group_id if self.dlq.fifo else None
             left = True
             if group is not None and group in blocked:
@@ -251,7 +251,11 @@ class AppRedrive:
         self._progress.update(self.tally)
 
     async def _decide(
-        self, batch: _Batch, dead: DeadLetter, now: datetime, moves: list[tuple[DeadLetter, str, Plan]]
+        self,
+        batch: _Received,
+        dead: DeadLetteredMessage,
+        now: datetime,
+        moves: list[tuple[DeadLetteredMessage, str, Plan]],
     ) -> bool:
         """Plan one message; True when it stays in the DLQ."""
         age = dead.age(now)
@@ -297,7 +301,7 @@ class AppRedrive:
         moves.append((dead, target or "", plan))  # a MOVE plan always has a target
         return False
 
-    async def _target_for(self, dead: DeadLetter) -> tuple[str | None, str | None, str]:
+    async def _target_for(self, dead: DeadLetteredMessage) -> tuple[str | None, str | None, str]:
         """(target URL, resolved broker source URL, problem): where this message goes."""
         source_url = None
         if dead.record is None and dead.broker_source_arn:
@@ -319,11 +323,11 @@ class AppRedrive:
 
     # --- sending -----------------------------------------------------------------------------------
 
-    async def _send_all(self, batch: _Batch, moves: list[tuple[DeadLetter, str, Plan]]) -> None:
-        by_target: dict[str, list[tuple[DeadLetter, Plan]]] = {}
+    async def _send_all(self, batch: _Received, moves: list[tuple[DeadLetteredMessage, str, Plan]]) -> None:
+        by_target: dict[str, list[tuple[DeadLetteredMessage, Plan]]] = {}
         for dead, target, plan in moves:
             by_target.setdefault(target, []).append((dead, plan))
-        sent: list[tuple[DeadLetter, str, Plan]] = []
+        sent: list[tuple[DeadLetteredMessage, str, Plan]] = []
         for target, items in by_target.items():
             failed_groups: set[str] = set()
             for chunk in _chunks(items, fifo=target.endswith(".fifo")):
@@ -352,7 +356,7 @@ class AppRedrive:
         if sent:
             await self._delete(batch, sent)
 
-    async def _send(self, target: str, items: list[tuple[DeadLetter, Plan]]) -> list[str | None]:
+    async def _send(self, target: str, items: list[tuple[DeadLetteredMessage, Plan]]) -> list[str | None]:
         """SendMessageBatch; per item None (acknowledged) or the reason it was not."""
         if not items:
             return []
@@ -375,7 +379,7 @@ class AppRedrive:
                 errors[i] = "the target did not acknowledge it"
         return errors
 
-    async def _delete(self, batch: _Batch, sent: list[tuple[DeadLetter, str, Plan]]) -> None:
+    async def _delete(self, batch: _Received, sent: list[tuple[DeadLetteredMessage, str, Plan]]) -> None:
         for start in range(0, len(sent), SQS_BATCH_MAX):
             chunk = sent[start : start + SQS_BATCH_MAX]
             entries = [
@@ -418,7 +422,7 @@ class AppRedrive:
         self._settled.set()
         self._settled = anyio.Event()
 
-    def _keep(self, batch: _Batch, dead: DeadLetter, *, visibility: int) -> None:
+    def _keep(self, batch: _Received, dead: DeadLetteredMessage, *, visibility: int) -> None:
         """Leave the message in the DLQ: held to the end of the pass, or (watch) visible again later."""
         if self.options.watch:
             hold = max(0, min(SQS_VISIBILITY_CAP_SECONDS - 60, visibility))
@@ -428,8 +432,8 @@ class AppRedrive:
 
     def _leave(
         self,
-        batch: _Batch,
-        dead: DeadLetter,
+        batch: _Received,
+        dead: DeadLetteredMessage,
         verdict: Verdict | None,
         reason: str,
         *,
@@ -442,7 +446,7 @@ class AppRedrive:
 
     def _record(
         self,
-        dead: DeadLetter,
+        dead: DeadLetteredMessage,
         verdict: Verdict,
         target: str | None,
         reason: str,
@@ -483,15 +487,17 @@ class AppRedrive:
 _FIELD = {Verdict.MOVE: "moved", Verdict.SKIP: "skipped", Verdict.HOLD: "held", Verdict.FAIL: "failed"}
 
 
-def _chunks(items: list[tuple[DeadLetter, Plan]], *, fifo: bool) -> list[list[tuple[DeadLetter, Plan]]]:
+def _chunks(
+    items: list[tuple[DeadLetteredMessage, Plan]], *, fifo: bool
+) -> list[list[tuple[DeadLetteredMessage, Plan]]]:
     """SendMessageBatch calls: at most 10 entries and 1 MiB each; on FIFO, one message per group per call."""
-    chunks: list[list[tuple[DeadLetter, Plan]]] = []
+    chunks: list[list[tuple[DeadLetteredMessage, Plan]]] = []
     pending = list(items)
     while pending:
-        chunk: list[tuple[DeadLetter, Plan]] = []
+        chunk: list[tuple[DeadLetteredMessage, Plan]] = []
         size = 0
         groups: set[str | None] = set()
-        rest: list[tuple[DeadLetter, Plan]] = []
+        rest: list[tuple[DeadLetteredMessage, Plan]] = []
         for item in pending:
             dead, plan = item
             nbytes = _request_size(plan)

@@ -25,6 +25,7 @@ import anyio.to_thread
 from worker.aws.client import client_config, create_client
 from worker.aws.names import queue_name
 from worker.errors import ConfigError, first_of
+from worker.ops.dlq import refuse_if_self_redriving
 from worker.ops.filters import Filter
 from worker.ops.progress import Progress, Tally, format_duration
 from worker.ops.redrive.app_mode import AppOptions, AppRedrive, Result
@@ -35,6 +36,7 @@ from worker.service.http import HttpServer
 from worker.service.signals import stop_on_signals
 from worker.settings import env_name
 from worker.telemetry.health import Health
+from worker.telemetry.logs import configure_logging
 from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger("worker.redrive")
@@ -324,8 +326,6 @@ async def _prepare(
     if remote:
         await _confirm(endpoint, dlq.count("ApproximateNumberOfMessages"), options, dlq, target_text, ask)
     if mode == APP:
-        from worker.ops.dlq import refuse_if_self_redriving
-
         refuse_if_self_redriving(dlq, force=options.force, action="redriving from")
     return _Setup(dlq, to, default, mode, why, target_text)
 
@@ -434,8 +434,6 @@ async def _native(
 
 def main(args: argparse.Namespace, settings: ToolSettings) -> int:
     """``worker redrive``: run, print the summary, return the exit code."""
-    from worker.telemetry.logs import configure_logging
-
     options = RedriveOptions.from_args(args)
     problem = usage_problem(options)
     if problem is not None:

@@ -39,7 +39,7 @@ BROKER_ERROR_TYPE = "BrokerDeadLettered"
 
 
 @dataclass(frozen=True, slots=True)
-class DeadLetter:
+class DeadLetteredMessage:
     """One DLQ message as received, with its failure record (if any) read back."""
 
     message: Message
@@ -50,7 +50,7 @@ class DeadLetter:
     broker_source_arn: str | None
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any], queue_url: str) -> DeadLetter:
+    def from_entry(cls, entry: Mapping[str, Any], queue_url: str) -> DeadLetteredMessage:
         """Read a ReceiveMessage entry (a malformed SNS-looking body is kept raw, never an error)."""
         message, _ = parse_or_fallback(entry, queue_url)
         record = read_failure(message.sqs_attributes)
@@ -154,7 +154,7 @@ def redrive_dedup_id(original_message_id: str, redrive_count: int) -> str:
 
 
 def broker_record(
-    dead: DeadLetter, source_url: str | None, now: datetime, redrive_count: int = 1
+    dead: DeadLetteredMessage, source_url: str | None, now: datetime, redrive_count: int = 1
 ) -> FailureRecord:
     """A record for a message the broker dead-lettered (it carries none): what is known, nothing made up."""
     return FailureRecord(
@@ -176,7 +176,7 @@ def broker_record(
 
 
 def plan_redrive(
-    dead: DeadLetter,
+    dead: DeadLetteredMessage,
     *,
     target_url: str | None,
     dlq_url: str,

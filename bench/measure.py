@@ -1,0 +1,307 @@
+"""The measurement: throwaway queues, preloading, a consumer's drain sampled every 50 ms (rate, CPU, RSS),
+and the handler start latency at a low steady rate."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from bench.common import log
+from bench.consumers import ConsumerProcess, Launch, spec, start
+from bench.process import cores_busy, cpu_seconds, machine_busy_seconds, peak_rss_bytes
+
+#: Body size of the preloaded messages, as the issue asks.
+BODY_BYTES = 200
+SAMPLE_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One look at a drain: when, messages left, and CPU seconds so far (consumer, emulator, machine)."""
+
+    at: float
+    remaining: int
+    cpu: float
+    emulator_cpu: float | None
+    machine_cpu: float | None
+
+
+def _counts(metrics: dict[str, float], report: dict[str, Any]) -> dict[str, int]:
+    """What the consumer says it received (and, for the worker, ran to success)."""
+    if metrics:
+        return {
+            "received": int(
+                sum(v for k, v in metrics.items() if k.startswith("worker_messages_received_total"))
+            ),
+            "succeeded": int(
+                sum(
+                    v
+                    for k, v in metrics.items()
+                    if k.startswith("worker_messages_processed_total") and 'outcome="succeeded"' in k
+                )
+            ),
+        }
+    if report:
+        return {"received": int(report.get("deleted", report.get("handled", 0)))}
+    return {}
+
+
+@dataclass
+class Queue:
+    """A throwaway queue and its DLQ."""
+
+    url: str
+    dlq_url: str
+
+
+@dataclass
+class Bench:
+    """Everything a run shares: options, the emulator's environment, a client, the results."""
+
+    args: argparse.Namespace
+    aws_env: dict[str, str]
+    workdir: Path
+    client: Any
+    node: str | None
+    emulator_pid: int | None = None
+    counter: int = 0
+    prefix: str = field(default_factory=lambda: f"bench-{uuid.uuid4().hex[:6]}")
+
+    # -- queues --
+
+    async def make_queue(self, label: str) -> Queue:
+        """A queue with a RedrivePolicy to its own DLQ (the worker requires a DLQ)."""
+        self.counter += 1
+        base = f"{self.prefix}-{self.counter}-{label}"
+        dlq = (await self.client.create_queue(QueueName=f"{base}-dlq"))["QueueUrl"]
+        arn = (await self.client.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"]))[
+            "Attributes"
+        ]["QueueArn"]
+        policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": 10})
+        url = (
+            await self.client.create_queue(
+                QueueName=base, Attributes={"VisibilityTimeout": "60", "RedrivePolicy": policy}
+            )
+        )["QueueUrl"]
+        return Queue(url, dlq)
+
+    async def delete_queue(self, queue: Queue) -> None:
+        """Best effort."""
+        for url in (queue.url, queue.dlq_url):
+            with contextlib.suppress(Exception):
+                await self.client.delete_queue(QueueUrl=url)
+
+    async def depth(self, url: str) -> int:
+        """Visible + in flight + delayed."""
+        from worker.aws.queues import queue_depth
+
+        return sum((await queue_depth(self.client, url)).values())
+
+    async def preload(self, url: str, count: int, senders: int = 8) -> float:
+        """Send ``count`` 200-byte JSON messages with SendMessageBatch from several senders; msg/s."""
+        started = time.perf_counter()
+        batches = [range(i, min(i + 10, count)) for i in range(0, count, 10)]
+        position = 0
+
+        async def sender() -> None:
+            nonlocal position
+            while position < len(batches):
+                batch = batches[position]
+                position += 1
+                entries = [{"Id": str(k), "MessageBody": body(i)} for k, i in enumerate(batch)]
+                response = await self.client.send_message_batch(QueueUrl=url, Entries=entries)
+                if response.get("Failed"):
+                    raise RuntimeError(f"preload: SendMessageBatch failed: {response['Failed'][:1]}")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(senders):
+                tg.start_soon(sender)
+        return count / (time.perf_counter() - started)
+
+    # -- consumers --
+
+    def spawn(
+        self, name: str, queue: Queue, handler: str, *, concurrency: int | None = None, extra: dict[str, str]
+    ) -> ConsumerProcess:
+        """Start consumer ``name`` on ``queue`` with ``handler``; BENCH_* settings shared by all three."""
+        pollers = self.args.pollers
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("AWS_", "WORKER_", "BENCH_", "PYTHON"))
+        }
+        env.update(self.aws_env)
+        env.update(
+            BENCH_QUEUE_URL=queue.url,
+            BENCH_POLLERS=str(pollers),
+            BENCH_WAIT_SECONDS=str(self.args.wait),
+            BENCH_VISIBILITY_SECONDS="60",
+            BENCH_HANDLER=handler,
+            **extra,
+        )
+        launch = Launch(
+            queue_url=queue.url,
+            dlq_url=queue.dlq_url,
+            handler=handler,
+            pollers=pollers,
+            wait=self.args.wait,
+            concurrency=concurrency,
+            worker_command=self.args.worker_command,
+            candidate_src=self.args.candidate_src,
+            node=self.node,
+        )
+        stem = f"{self.counter:03d}-{name}-{handler}"
+        return start(name, launch, env, self.workdir / f"{stem}.out", self.workdir / f"{stem}.err")
+
+    def profile(self, consumer: ConsumerProcess, handler: str) -> subprocess.Popen[bytes] | None:
+        """With ``--profile DIR``: py-spy samples a Python consumer (non-blocking) into DIR/*.txt."""
+        if not self.args.profile or not spec(consumer.name).python:
+            return None
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        py_spy_args = [py_spy, "record", "--rate", "250", "--nonblocking", "--format", "raw"]
+        target = Path(self.args.profile) / f"{self.counter:03d}-{consumer.name}-{handler}.txt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen(
+            [*py_spy_args, "--pid", str(consumer.pid), "--output", str(target)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def others_cpu(self) -> tuple[float | None, float | None]:
+        """CPU seconds so far of the emulator (when this run started it) and of the whole machine."""
+        emulator_cpu = None
+        if self.emulator_pid is not None:
+            with contextlib.suppress(OSError):
+                emulator_cpu = cpu_seconds(self.emulator_pid)
+        return emulator_cpu, machine_busy_seconds()
+
+    # -- measurements --
+
+    async def drain(self, name: str, handler: str, count: int) -> dict[str, Any]:
+        """Preload ``count`` messages, let consumer ``name`` drain them, measure rate, CPU and RSS."""
+        queue = await self.make_queue(f"{name}-{handler}")
+        try:
+            preload_rate = await self.preload(queue.url, count)
+            concurrency = self.args.io_concurrency if handler == "sleep50" else self.args.concurrency
+            consumer = self.spawn(name, queue, handler, concurrency=concurrency, extra={})
+            profiler = None
+            try:
+                await consumer.wait_ready()
+                profiler = self.profile(consumer, handler)
+                first, last = await self._watch(consumer, queue.url, count)
+                peak = peak_rss_bytes(consumer.pid, consumer.peak_rss_sampled)
+                metrics = consumer.metrics()
+            finally:
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)
+                    await anyio.to_thread.run_sync(profiler.wait)
+                await consumer.stop()
+        finally:
+            await self.delete_queue(queue)
+        seconds = last.at - first.at
+        result: dict[str, Any] = {
+            "consumer": name,
+            "handler": handler,
+            "messages": count,
+            "measured_messages": first.remaining,
+            "seconds": round(seconds, 3),
+            "msgs_per_s": round(first.remaining / seconds, 1),
+            "cpu_s_per_1k": round((last.cpu - first.cpu) / first.remaining * 1000, 4),
+            "peak_rss_mb": round(peak / 2**20, 1),
+            "preload_msgs_per_s": round(preload_rate),
+            # Cores busy meanwhile: the emulator process, and the whole machine (every process).
+            "emulator_cores": cores_busy(first.emulator_cpu, last.emulator_cpu, seconds),
+            "machine_cores_busy": cores_busy(first.machine_cpu, last.machine_cpu, seconds),
+            **_counts(metrics, consumer.final_line()),
+        }
+        log(
+            f"{name:>12} {handler:<8} {result['msgs_per_s']:>8.0f} msg/s  "
+            f"{result['cpu_s_per_1k']:.3f} CPU s/1k  {result['peak_rss_mb']:.0f} MB"
+        )
+        return result
+
+    async def _watch(self, consumer: ConsumerProcess, url: str, count: int) -> tuple[Sample, Sample]:
+        """Sample until the queue is empty: the first sample showing consumption, and the last one."""
+        first: Sample | None = None
+        deadline = time.monotonic() + self.args.drain_timeout
+        while True:
+            remaining = await self.depth(url)
+            now = time.perf_counter()
+            cpu = consumer.sample()
+            if (first is None and remaining < count) or remaining == 0:
+                sample = Sample(now, remaining, cpu, *self.others_cpu())
+                first = first or sample
+                if remaining == 0:
+                    return first, sample
+            if not consumer.alive():
+                raise consumer.failure("exited while draining")
+            if time.monotonic() > deadline:
+                raise consumer.failure(f"{remaining} messages left after {self.args.drain_timeout} s")
+            await anyio.sleep(SAMPLE_INTERVAL)
+
+    async def latency(self, name: str) -> dict[str, Any]:
+        """Handler start latency at a low steady rate of single SendMessage calls."""
+        queue = await self.make_queue(f"{name}-latency")
+        path = self.workdir / f"latency-{self.counter}-{name}.txt"
+        path.write_text("")
+        count, rate = self.args.latency_messages, self.args.latency_rate
+        try:
+            consumer = self.spawn(name, queue, "latency", extra={"BENCH_LATENCY_FILE": str(path)})
+            try:
+                await consumer.wait_ready()
+                await anyio.sleep(1.0)  # every poller is in its long poll
+                period = 1.0 / rate
+                due = time.perf_counter()
+                for i in range(count):
+                    text = json.dumps({"t": time.time(), "i": i})
+                    await self.client.send_message(QueueUrl=queue.url, MessageBody=text)
+                    due += period
+                    await anyio.sleep(max(0.0, due - time.perf_counter()))
+                with anyio.move_on_after(30):
+                    while len(path.read_text().splitlines()) < count:
+                        if not consumer.alive():
+                            raise consumer.failure("exited during the latency run")
+                        await anyio.sleep(0.1)
+            finally:
+                await consumer.stop()
+        finally:
+            await self.delete_queue(queue)
+        values = sorted(float(line.split()[0]) for line in path.read_text().splitlines() if line.strip())
+        if len(values) < count:
+            raise RuntimeError(f"{name}: {len(values)} of {count} latency samples")
+        result = {
+            "consumer": name,
+            "messages": count,
+            "rate_per_s": rate,
+            "p50_ms": round(percentile(values, 50) * 1000, 2),
+            "p99_ms": round(percentile(values, 99) * 1000, 2),
+            "max_ms": round(values[-1] * 1000, 2),
+        }
+        log(f"{name:>12} latency  p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms")
+        return result
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def body(i: int) -> str:
+    """A JSON body of exactly BODY_BYTES bytes."""
+    head = json.dumps({"i": i, "pad": ""})
+    return json.dumps({"i": i, "pad": "x" * (BODY_BYTES - len(head))})
