@@ -142,7 +142,9 @@ def test_retry_later_never_retries_immediately(
 ) -> None:
     """RetryLater (with or without a delay) never gets an in-process retry, even on delivery 1."""
     decision = decide(
-        Attempt(HandlerResult.RETRY_LATER, receive_count, immediate_retries_done=done, retry_later_delay=delay),
+        Attempt(
+            HandlerResult.RETRY_LATER, receive_count, immediate_retries_done=done, retry_later_delay=delay
+        ),
         config,
     )
     assert isinstance(decision, RetryAfter | DeadLetter)

@@ -183,7 +183,12 @@ def dlq_entry(
 def plan_for(entry: dict[str, Any], target: str | None = SOURCE["url"], **kw: Any) -> Any:
     """plan_redrive with the usual arguments."""
     return plan_redrive(
-        DeadLetteredMessage.from_entry(entry, DLQ), target_url=target, dlq_url=DLQ, max_redrives=3, now=NOW, **kw
+        DeadLetteredMessage.from_entry(entry, DLQ),
+        target_url=target,
+        dlq_url=DLQ,
+        max_redrives=3,
+        now=NOW,
+        **kw,
     )
 
 
