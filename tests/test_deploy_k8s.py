@@ -224,11 +224,10 @@ def test_namespace_enforces_the_restricted_pod_security_standard() -> None:
 
 
 def _deploy_doc() -> str:
-    """The Deploy section: in README.md once merged there, else docs/deploy.md."""
-    readme = (ROOT / "README.md").read_text()
-    return (
-        readme if "### Sizing the timeouts together" in readme else (ROOT / "docs" / "deploy.md").read_text()
-    )
+    """The configuration page, which holds the sizing table."""
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    assert "## Sizing the timeouts together" in doc
+    return doc
 
 
 def test_documented_sizing_table_obeys_the_rules_and_matches_the_manifests() -> None:

@@ -297,7 +297,7 @@ def test_no_orphans_when_the_parent_is_sigkilled(tmp_path: Path) -> None:
     """SIGKILL of the process that started LocalStack still takes its whole group and temp dir away."""
     ensure_venv()  # install outside the child's read deadline
     code = (
-        "from worker.localstack import EmbeddedLocalStack\n"
+        "from worker.devkit.localstack import EmbeddedLocalStack\n"
         "inst = EmbeddedLocalStack().start()\n"
         "print(inst.pid, inst.port, inst.log_path, flush=True)\n"
         "import time\n"
@@ -360,7 +360,7 @@ def test_stdin_eof_alone_stops_localstack() -> None:
 def test_foreground_prints_exports_and_stops_on_sigint(tmp_path: Path) -> None:
     """`worker localstack`'s main_foreground prints the endpoint and exports, then SIGINT stops it with 0."""
     ensure_venv()
-    code = "import sys\nfrom worker.localstack import main_foreground\nsys.exit(main_foreground())\n"
+    code = "import sys\nfrom worker.devkit.localstack import main_foreground\nsys.exit(main_foreground())\n"
     stderr_path = tmp_path / "foreground.stderr"
     with stderr_path.open("wb") as stderr:
         fg = subprocess.Popen(

@@ -37,9 +37,9 @@ ADDED = {"__name__", "job", "instance", "environment"}
 
 
 def documented_metrics() -> dict[str, set[str]]:
-    """The README's metrics table: family name -> documented label names."""
+    """The metrics table of docs/observability.md: family name -> documented label names."""
     table: dict[str, set[str]] = {}
-    for line in (ROOT / "README.md").read_text().splitlines():
+    for line in (ROOT / "docs" / "observability.md").read_text().splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) != 2 or not cells[0].startswith("`worker_"):
             continue
@@ -132,7 +132,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
 async def test_prometheus_scrapes_documented_metrics_and_evaluates_rules_and_dashboard(
     queues: Any, sqs: Any, aws_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Scraped series have the README's names and labels; every rule evaluates; every panel query runs."""
+    """Scraped series have the documented names and labels; every rule evaluates; every panel query runs."""
     queue = await queues()
     name = queue["url"].rsplit("/", 1)[-1]
     worker = WorkerProcess(

@@ -42,7 +42,7 @@ MIX = {
     "garbage": 2,  # not JSON at all: DecodeError
 }
 
-#: Records seen by the demo's in-process hook (`python:worker.demo:record_hook`), by condition.
+#: Records seen by the demo's in-process hook (`python:worker.devkit.demo:record_hook`), by condition.
 _RECORDS: collections.Counter[str] = collections.Counter()
 
 
@@ -200,7 +200,7 @@ async def publish(topic_arn: str, orders: list[tuple[str, str]]) -> None:
 
 def demo_settings(topo: Topology, *, quick: bool, http_port: int) -> Settings:
     """The worker's settings for the demo (what a user would set as WORKER_* variables)."""
-    hook = "python:worker.demo:record_hook"
+    hook = "python:worker.devkit.demo:record_hook"
     return Settings(
         queue_url=topo.queue_url,
         dlq_url=topo.dlq_url,
