@@ -1,4 +1,4 @@
-"""The retry decision table in worker.policy: unit cases and hypothesis properties."""
+"""The retry decision table in worker.engine.policy: unit cases and hypothesis properties."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from worker.engine.policy import (
     RetryAfter,
     RetryConfig,
     RetryNow,
-    admit,
     attempts_made,
     backoff_ceiling,
     backoff_delay,
@@ -150,7 +149,7 @@ def test_retry_later_never_retries_immediately(
     assert isinstance(decision, RetryAfter | DeadLetter)
 
 
-# --- attempts, admission, exhaustion --------------------------------------------------------------------
+# --- attempts, hand-backs, exhaustion --------------------------------------------------------------------
 
 
 def test_attempts_made_counts_immediate_retries() -> None:
@@ -217,31 +216,59 @@ def test_transient_dead_letters_exactly_when_attempts_used(
         assert isinstance(decision, RetryAfter | RetryNow)
 
 
-@given(config=configs)
+def test_hand_backs_are_not_deliveries() -> None:
+    """Receives handed back unprocessed are subtracted: receive count 3 with 2 hand-backs is a first run."""
+    config = RetryConfig(immediate_retries=2)
+    assert attempts_made(3, 0, config, handed_back=2) == 1
+    assert attempts_made(3, 1, config, handed_back=2) == 2
+    assert attempts_made(5, 0, config, handed_back=2) == attempts_made(3, 0, config)
+    assert attempts_made(2, 0, config, handed_back=9) == 1  # never below one delivery
+
+
+def test_first_run_after_hand_backs_gets_its_immediate_retries() -> None:
+    """A message handed back twice before it ever ran is on its first delivery: it retries in process."""
+    config = RetryConfig(max_attempts=3, immediate_retries=1)
+    assert decide(Attempt(HandlerResult.ERROR, 3, handed_back=2), config) == RetryNow()
+    # The same receive count without known hand-backs: the attempts may be spent, so it dead-letters.
+    assert decide(Attempt(HandlerResult.ERROR, 3), config) == DeadLetter(Condition.RETRIES_EXHAUSTED)
+
+
+def test_backoff_grows_with_deliveries_not_hand_backs() -> None:
+    """The delayed retry's ceiling follows deliveries that ran the handler, not receives."""
+    config = RetryConfig(
+        max_attempts=10, immediate_retries=0, backoff_base_seconds=2, backoff_max_seconds=300
+    )
+    with_hand_backs = decide(Attempt(HandlerResult.ERROR, 6, handed_back=4, jitter=0.9999), config)
+    assert with_hand_backs == RetryAfter(backoff_delay(2, 0.9999, config))
+    assert with_hand_backs == RetryAfter(3)  # ceiling 4 s (delivery 2), not 64 s (receive 6)
+
+
+@given(
+    config=configs,
+    outcome=st.sampled_from(TRANSIENT),
+    receive_count=st.integers(1, 200),
+    handed_back=st.integers(0, 200),
+)
 @PROPS
-def test_admit_never_dead_letters_first_delivery(config: RetryConfig) -> None:
-    """admit() lets delivery 1 (and a missing/zero receive count) run whatever the config."""
-    assert admit(1, config) is None
-    assert admit(0, config) is None
+def test_hand_backs_only_ever_add_attempts(
+    config: RetryConfig, outcome: HandlerResult, receive_count: int, handed_back: int
+) -> None:
+    """Knowing of hand-backs never dead-letters a message that would otherwise have been retried."""
+    without = decide(Attempt(outcome, receive_count, retry_later_delay=1.0), config)
+    with_known = decide(
+        Attempt(outcome, receive_count, retry_later_delay=1.0, handed_back=handed_back), config
+    )
+    if not isinstance(without, DeadLetter):
+        assert not isinstance(with_known, DeadLetter)
+    made = attempts_made(receive_count, 0, config, handed_back)
+    assert (made >= config.max_attempts) == isinstance(with_known, DeadLetter)
 
 
-def test_admit_dead_letters_used_up_message_unrun() -> None:
-    """Default config: delivery 5 follows 5 attempts already made, so it is dead-lettered without a run."""
-    assert admit(4, DEFAULT) is None
-    assert admit(5, DEFAULT) == DeadLetter(Condition.RETRIES_EXHAUSTED)
-    assert admit(1_000_000, DEFAULT) == DeadLetter(Condition.RETRIES_EXHAUSTED)
+def test_policy_has_no_unrun_dead_letter() -> None:
+    """The policy offers no way to dead-letter before a handler ran (the old admit() is gone)."""
+    from worker.engine import policy
 
-
-@given(config=configs, receive_count=st.integers(2, 10_000))
-@PROPS
-def test_admit_matches_attempts_already_made(config: RetryConfig, receive_count: int) -> None:
-    """admit() refuses a redelivery exactly when the attempts before it already reach max_attempts."""
-    before = attempts_made(receive_count, 0, config) - 1
-    result = admit(receive_count, config)
-    if before >= config.max_attempts:
-        assert result == DeadLetter(Condition.RETRIES_EXHAUSTED)
-    else:
-        assert result is None
+    assert not hasattr(policy, "admit")
 
 
 # --- backoff and the visibility cap ---------------------------------------------------------------------
@@ -392,32 +419,45 @@ class Life:
     invocations: int
     final: Decision
     deliveries: int
-    last_outcome: HandlerResult | None  # None when admit() refused the message before any further run
+    last_outcome: HandlerResult
 
 
-def simulate(config: RetryConfig, outcomes: list[HandlerResult], lost: set[int], jitter: float) -> Life:
-    """Drive a message through deliveries 1, 2, ... as the processor does; outcomes cycle, never SUCCESS.
+def simulate(
+    config: RetryConfig,
+    outcomes: list[HandlerResult],
+    lost: set[int],
+    jitter: float,
+    handed_back: frozenset[int] = frozenset(),
+) -> Life:
+    """Drive a message through receives 1, 2, ... as the processor does; outcomes cycle, never SUCCESS.
 
-    Deliveries in ``lost`` are received but never processed (crash, lease lost): the receive count still
-    grows, which the policy must tolerate.
+    Receives in ``lost`` run no handler and the worker does not know it (another process's hand-back, a
+    crash): the receive count still grows. Receives in ``handed_back`` run no handler either, but this
+    worker gave them back itself and counts them.
     """
     invocations = 0
     receive_count = 0
+    known = 0
     while True:
         receive_count += 1
         assert receive_count < 10_000, "message never reached a final decision"
+        if receive_count in handed_back:
+            known += 1
+            continue
         if receive_count in lost:
             continue
-        refused = admit(receive_count, config)
-        if refused is not None:
-            return Life(invocations, refused, receive_count, None)
         done = 0
         while True:
             outcome = outcomes[invocations % len(outcomes)]
             invocations += 1
             decision = decide(
                 Attempt(
-                    outcome, receive_count, immediate_retries_done=done, retry_later_delay=3.0, jitter=jitter
+                    outcome,
+                    receive_count,
+                    immediate_retries_done=done,
+                    retry_later_delay=3.0,
+                    jitter=jitter,
+                    handed_back=known,
                 ),
                 config,
             )
@@ -440,11 +480,9 @@ def simulate(config: RetryConfig, outcomes: list[HandlerResult], lost: set[int],
 def test_simulated_life_bounded_and_dead_lettered(
     config: RetryConfig, outcomes: list[HandlerResult], lost: set[int], jitter: float
 ) -> None:
-    """An always-failing message is run at most max_attempts times and always ends dead-lettered."""
+    """An always-failing message runs at least once and at most max_attempts times, then is dead-lettered."""
     life = simulate(config, outcomes, lost, jitter)
-    assert life.invocations <= config.max_attempts
-    if not lost:
-        assert life.invocations >= 1
+    assert 1 <= life.invocations <= config.max_attempts
     assert isinstance(life.final, DeadLetter)
     timed_out = life.last_outcome is HandlerResult.TIMEOUT
     assert life.final.condition is (Condition.TIMEOUT if timed_out else Condition.RETRIES_EXHAUSTED)
@@ -466,6 +504,33 @@ def test_simulated_life_always_timing_out_ends_with_timeout(config: RetryConfig,
     life = simulate(config, [HandlerResult.TIMEOUT], set(), jitter)
     assert life.invocations == config.max_attempts
     assert life.final == DeadLetter(Condition.TIMEOUT)
+
+
+@given(
+    config=configs,
+    handed_back=st.frozensets(st.integers(1, 60), max_size=10),
+    jitter=jitters,
+)
+@PROPS
+def test_simulated_life_hand_backs_cost_no_attempt(
+    config: RetryConfig, handed_back: frozenset[int], jitter: float
+) -> None:
+    """Receives this worker handed back cost nothing: the handler still runs exactly max_attempts times."""
+    life = simulate(config, [HandlerResult.ERROR], set(), jitter, handed_back)
+    assert life.invocations == config.max_attempts
+    assert life.final == DeadLetter(Condition.RETRIES_EXHAUSTED)
+
+
+@given(config=configs, lost=st.integers(1, 500), jitter=jitters)
+@PROPS
+def test_simulated_life_unknown_hand_backs_never_skip_the_final_attempt(
+    config: RetryConfig, lost: int, jitter: float
+) -> None:
+    """However many unknown hand-backs came first (other workers stopping), the handler runs first."""
+    life = simulate(config, [HandlerResult.ERROR], set(range(1, lost + 1)), jitter)
+    assert life.invocations >= 1
+    assert life.deliveries == lost + 1 + max(0, config.max_attempts - (lost + 1 + config.immediate_retries))
+    assert life.final == DeadLetter(Condition.RETRIES_EXHAUSTED)
 
 
 def test_simulated_default_life_shape() -> None:

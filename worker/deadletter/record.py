@@ -40,7 +40,9 @@ class FailureRecord:
     error_type: str
     error_message: str
     condition: str
+    #: Failed handler invocations (0 when none ran: decode errors); an upper bound after a first delivery.
     attempts: int
+    #: SQS's ApproximateReceiveCount of the delivery that dead-lettered it (hand-backs included).
     receive_count: int
     original_message_id: str
     source_queue_url: str
@@ -52,6 +54,8 @@ class FailureRecord:
     sent_at: str | None = None
     worker_version: str = __version__
     redrive_count: int = 0
+    #: Receives this worker handed back without running the handler (not counted in ``attempts``).
+    handed_back: int = 0
     #: Set by ``worker redrive`` on the copy it sends (whose redrive_count it already raised).
     redriven_at: str | None = None
     history: tuple[dict[str, Any], ...] = ()
@@ -86,6 +90,7 @@ def failure_record(
     handler_version: str,
     now: datetime,
     previous: FailureRecord | None = None,
+    handed_back: int = 0,
 ) -> FailureRecord:
     """The failure metadata for a message about to be dead-lettered."""
     history: tuple[dict[str, Any], ...] = ()
@@ -117,6 +122,7 @@ def failure_record(
         first_received_at=iso_utc(message.first_received_at),
         sent_at=iso_utc(message.sent_at),
         redrive_count=redrive_count,
+        handed_back=handed_back,
         history=history,
     )
 

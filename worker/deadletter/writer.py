@@ -45,7 +45,14 @@ class DeadLetterWriter:
         self._timeout = timeout
 
     async def send(
-        self, message: Message, condition: str, error_type: str, error_message: str, attempts: int
+        self,
+        message: Message,
+        condition: str,
+        error_type: str,
+        error_message: str,
+        attempts: int,
+        *,
+        handed_back: int = 0,
     ) -> bool:
         """Write the DLQ copy with its failure record; False when it could not be acknowledged."""
         record = failure_record(
@@ -59,6 +66,7 @@ class DeadLetterWriter:
             handler_version=self._handler_version,
             now=datetime.now(UTC),
             previous=read_failure(message.sqs_attributes),
+            handed_back=handed_back,
         )
         try:
             request = build_dead_letter(message, record, fifo=self._fifo)

@@ -2,6 +2,11 @@
 
 No I/O, no clock, no randomness of its own: the caller passes the jitter draw and the elapsed time,
 so every branch is unit- and property-testable.
+
+Attempts are counted from SQS's ``ApproximateReceiveCount`` (it survives restarts) less the receives this
+worker handed back unprocessed, plus the immediate retries of the first delivery. The policy only ever
+decides after a handler invocation: a message whose count says "exhausted" still runs once (its final
+attempt), so a dead-letter record always carries a real error from a real invocation.
 """
 
 from __future__ import annotations
@@ -72,6 +77,13 @@ class Attempt:
     retry_later_delay: float | None = None
     seconds_since_receive: float = 0.0
     jitter: float = 1.0  # a draw from uniform[0, 1), supplied by the caller
+    #: Earlier receives of this message that ran no handler (hand-backs this worker made).
+    handed_back: int = 0
+
+    @property
+    def deliveries(self) -> int:
+        """Deliveries that ran the handler, this one included (receives less known hand-backs)."""
+        return deliveries_run(self.receive_count, self.handed_back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,18 +113,23 @@ class DeadLetter:
 Decision = Ack | RetryNow | RetryAfter | DeadLetter
 
 
-def attempts_made(receive_count: int, immediate_retries_done: int, config: RetryConfig) -> int:
-    """Handler invocations so far, the current one included (an upper bound after the first delivery)."""
-    if receive_count <= 1:
+def deliveries_run(receive_count: int, handed_back: int = 0) -> int:
+    """Deliveries that ran the handler, the current one included: receives less known hand-backs, >= 1."""
+    return max(1, receive_count - handed_back)
+
+
+def attempts_made(
+    receive_count: int, immediate_retries_done: int, config: RetryConfig, handed_back: int = 0
+) -> int:
+    """Handler invocations so far, the current one included: exact on a first delivery, else an upper bound.
+
+    A later delivery assumes every earlier one ran the handler and used all its immediate retries; receives
+    this worker handed back unprocessed (``handed_back``) are not counted as deliveries.
+    """
+    delivery = deliveries_run(receive_count, handed_back)
+    if delivery <= 1:
         return 1 + immediate_retries_done
-    return receive_count + config.immediate_retries + immediate_retries_done
-
-
-def admit(receive_count: int, config: RetryConfig) -> DeadLetter | None:
-    """Before running: a message whose attempts are already used up is dead-lettered unrun."""
-    if receive_count > 1 and attempts_made(receive_count, 0, config) - 1 >= config.max_attempts:
-        return DeadLetter(Condition.RETRIES_EXHAUSTED)
-    return None
+    return delivery + config.immediate_retries + immediate_retries_done
 
 
 def backoff_ceiling(retry_number: int, config: RetryConfig) -> float:
@@ -138,7 +155,7 @@ def decide(attempt: Attempt, config: RetryConfig) -> Decision:
     terminal = _TERMINAL_CONDITION.get(attempt.outcome)
     if terminal is not None:
         return DeadLetter(terminal)
-    made = attempts_made(attempt.receive_count, attempt.immediate_retries_done, config)
+    made = attempts_made(attempt.receive_count, attempt.immediate_retries_done, config, attempt.handed_back)
     if made >= config.max_attempts:
         timed_out = attempt.outcome is HandlerResult.TIMEOUT
         return DeadLetter(Condition.TIMEOUT if timed_out else Condition.RETRIES_EXHAUSTED)
@@ -148,7 +165,7 @@ def decide(attempt: Attempt, config: RetryConfig) -> Decision:
             cap = visibility_cap(attempt.seconds_since_receive)
             # Compare before ceil: math.ceil(inf) raises OverflowError (RetryLater(float("inf")) is legal).
             return RetryAfter(cap if asked >= cap else max(0, math.ceil(asked)))
-    elif attempt.receive_count <= 1 and attempt.immediate_retries_done < config.immediate_retries:
+    elif attempt.deliveries <= 1 and attempt.immediate_retries_done < config.immediate_retries:
         return RetryNow()
-    delay = backoff_delay(attempt.receive_count, attempt.jitter, config)
+    delay = backoff_delay(attempt.deliveries, attempt.jitter, config)
     return RetryAfter(min(delay, visibility_cap(attempt.seconds_since_receive)))

@@ -21,6 +21,7 @@ from worker.aws.batcher import Batcher
 from worker.aws.names import queue_name
 from worker.deadletter.writer import DeadLetterWriter
 from worker.engine import policy
+from worker.engine.handbacks import HandBacks
 from worker.engine.handler import LoadedHandler
 from worker.engine.lease import Beat, Heartbeats, Lease
 from worker.engine.message import Message
@@ -102,6 +103,8 @@ class Processor:
         #: Set when the worker drains: messages not yet started (later ones of a FIFO group) go back.
         self.draining = False
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
+        #: Receives this worker gave back unprocessed, per message id: they are not attempts.
+        self.handbacks = HandBacks()
         labels = (self.queue, handler.path, settings.handler_version)
         self._processed = {
             name: metrics.processed.labels(*labels, name)
@@ -153,7 +156,7 @@ class Processor:
                 if give_back is None and self.draining:
                     give_back = 0  # draining: what has not started goes back at once
                 if give_back is not None:
-                    await self._release(message, lease, give_back)
+                    await self._hand_back(message, lease, give_back)
                 else:
                     verdict = await self.run_one(
                         message, decode_error, lease, settle=settle if done == last else None
@@ -186,7 +189,7 @@ class Processor:
         """Release messages unprocessed (shutdown, prefetch): visibility ``seconds``."""
         async with anyio.create_task_group() as tg:
             for message, lease in zip(items, leases, strict=True):
-                tg.start_soon(self._release, message, lease, seconds)
+                tg.start_soon(self._hand_back, message, lease, seconds)
 
     # -- one message --
 
@@ -210,13 +213,7 @@ class Processor:
         if decode_error is not None:
             failure = Failure(type(decode_error).__name__, str(decode_error), decode_error)
             return await self._dead_letter(message, lease, Condition.DECODE_ERROR, failure, 0)
-        exhausted = policy.admit(message.receive_count, self.retry)
-        if exhausted is not None:
-            attempts = policy.attempts_made(message.receive_count, 0, self.retry) - 1
-            failure = Failure(
-                "RetriesExhausted", f"attempts used up before delivery {message.receive_count}", None
-            )
-            return await self._dead_letter(message, lease, exhausted.condition, failure, attempts)
+        handed_back = self.handbacks.count(message.id)
         immediate = 0
         while True:
             outcome, response, error = await self._invoke(message)
@@ -227,9 +224,10 @@ class Processor:
                 retry_later_delay=error.delay if isinstance(error, RetryLater) else None,
                 seconds_since_receive=lease.age(),
                 jitter=self.jitter(),
+                handed_back=handed_back,
             )
             decision = policy.decide(attempt, self.retry)
-            attempts = policy.attempts_made(message.receive_count, immediate, self.retry)
+            attempts = policy.attempts_made(message.receive_count, immediate, self.retry, handed_back)
             if isinstance(decision, policy.RetryNow):
                 immediate += 1
                 self._processed["retried"].inc()
@@ -238,6 +236,8 @@ class Processor:
                 continue
             break
         if isinstance(decision, policy.Ack):
+            if handed_back:
+                self.handbacks.forget(message.id)  # leaving the queue: nothing more to count
             self._processed["succeeded"].inc()
             if settle is not None and lease.held():
                 self.deleter.submit_nowait(
@@ -281,7 +281,12 @@ class Processor:
             self._lease_lost(message, "dead_letter")
             return Disposition(finished=False)
         sent = await self.dead_letters.send(
-            message, condition, failure.error_type, failure.error_message, attempts
+            message,
+            condition,
+            failure.error_type,
+            failure.error_message,
+            attempts,
+            handed_back=self.handbacks.count(message.id),
         )
         if not sent:
             self._remember(message.id, condition, failure, attempts)
@@ -290,6 +295,7 @@ class Processor:
             )
             released = await self._release(message, lease, delay)
             return Disposition(finished=False, give_back=delay if released else None)
+        self.handbacks.forget(message.id)
         self._processed["dead_lettered"].inc()
         self.metrics.dead_lettered.labels(self.queue, condition.value).inc()
         await self._delete(message, lease)
@@ -326,6 +332,12 @@ class Processor:
             )
             return False
         return True
+
+    async def _hand_back(self, message: Message, lease: Lease, seconds: int) -> bool:
+        """Give back a message whose handler did not run in this delivery; its receive is no attempt."""
+        # Released or not, this receive ran no handler: when the message comes back, it is no attempt.
+        self.handbacks.record(message.id)
+        return await self._release(message, lease, seconds)
 
     async def _release(self, message: Message, lease: Lease, seconds: int) -> bool:
         if not lease.held():

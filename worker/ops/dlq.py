@@ -101,6 +101,8 @@ def record_row(dead: DeadLetteredMessage, now: datetime, *, show_body: bool) -> 
         "condition": record.condition if record else None,
         "error_message": record.error_message if record else None,
         "attempts": record.attempts if record else None,
+        "source_receive_count": record.receive_count if record else None,
+        "handed_back": record.handed_back if record else None,
         "first_received_at": record.first_received_at if record else None,
         "dead_lettered_at": iso_utc(dead.dead_lettered_at),
         "age_seconds": dead.age(now),
@@ -198,13 +200,14 @@ def render_text(report: dict[str, Any]) -> str:
     if records:
         lines += ["", f"Records ({len(records)} of {scan_data['matched']}, oldest first)"]
         header = (
-            f"  {'id':<36}  {'error type':<22} {'att':>3} {'first received':<20} "
+            f"  {'id':<36}  {'error type':<22} {'att':>3} {'recv':>4} {'first received':<20} "
             f"{'dead-lettered':<20} {'source':<20} {'redr':>4}"
         )
         lines.append(header)
         for row in records:
             lines.append(
                 f"  {row['id']:<36}  {row['error_type'][:22]:<22} {_dash(row['attempts']):>3} "
+                f"{_dash(row['source_receive_count']):>4} "
                 f"{_short_time(row['first_received_at']):<20} {_short_time(row['dead_lettered_at']):<20} "
                 f"{(row['source'] or '-')[:20]:<20} {row['redrive_count']:>4}"
             )
