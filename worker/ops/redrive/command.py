@@ -15,6 +15,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from functools import partial
 from typing import Any, TextIO
 
@@ -41,8 +42,17 @@ from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger("worker.redrive")
 
-NATIVE = "native"
-APP = "app"
+
+class RedriveMode(StrEnum):
+    """``--mode``: an SQS move task, app mode (receive, send, delete), or the right one for the queues."""
+
+    AUTO = "auto"
+    NATIVE = "native"
+    APP = "app"
+
+
+NATIVE = RedriveMode.NATIVE
+APP = RedriveMode.APP
 #: ``--min-age`` default of ``--watch``: long enough for an outage to be over, short enough to matter.
 WATCH_MIN_AGE = 300.0
 #: Long-poll wait of ``--watch`` receivers: a stop lets receives in flight return, so it bounds the exit time.
@@ -57,7 +67,7 @@ class RedriveOptions:
 
     dlq: str | None = None
     to: str | None = None
-    mode: str = "auto"
+    mode: RedriveMode = RedriveMode.AUTO
     filters: tuple[Filter, ...] = ()
     max_messages: int | None = None
     rate: float | None = None
@@ -76,7 +86,7 @@ class RedriveOptions:
         return cls(
             dlq=args.dlq,
             to=args.to,
-            mode=args.mode,
+            mode=RedriveMode(args.mode),
             filters=tuple(args.filter or ()),
             max_messages=args.max,
             rate=args.rate,
@@ -124,10 +134,10 @@ def usage_problem(options: RedriveOptions) -> str | None:
     return None
 
 
-def choose_mode(options: RedriveOptions, *, fifo: bool, has_destination: bool) -> tuple[str, str]:
+def choose_mode(options: RedriveOptions, *, fifo: bool, has_destination: bool) -> tuple[RedriveMode, str]:
     """(mode, why) for ``--mode auto``; an explicit mode is kept."""
-    if options.mode != "auto":
-        return options.mode, f"--mode {options.mode}"
+    if options.mode != RedriveMode.AUTO:
+        return RedriveMode(options.mode), f"--mode {options.mode}"
     if options.app_only:
         return APP, f"{', '.join(options.app_only)} need app mode"
     if fifo:
@@ -143,7 +153,7 @@ def choose_mode(options: RedriveOptions, *, fifo: bool, has_destination: bool) -
 class Report:
     """The outcome of ``worker redrive`` (text summary or ``--json``)."""
 
-    mode: str
+    mode: RedriveMode
     why: str
     dlq: str
     target: str
@@ -280,7 +290,7 @@ class _Setup:
     dlq: QueueRef
     to: QueueRef | None
     default: QueueRef | None
-    mode: str
+    mode: RedriveMode
     why: str
     target_text: str
 
