@@ -444,6 +444,17 @@ class AppRedrive:
         if verdict is not None:
             self._record(dead, verdict, target, reason, dead.redrive_count)
 
+    def _count(self, verdict: Verdict) -> None:
+        match verdict:
+            case Verdict.MOVE:
+                self.tally.moved += 1
+            case Verdict.SKIP:
+                self.tally.skipped += 1
+            case Verdict.HOLD:
+                self.tally.held += 1
+            case Verdict.FAIL:
+                self.tally.failed += 1
+
     def _record(
         self,
         dead: DeadLetteredMessage,
@@ -454,8 +465,7 @@ class AppRedrive:
         *,
         dry_run: bool = False,
     ) -> None:
-        name = _FIELD[verdict]
-        setattr(self.tally, name, getattr(self.tally, name) + 1)
+        self._count(verdict)
         if not self.options.dry_run:
             self._metrics.redrive.labels(self.dlq.name, verdict.value).inc()
             if verdict is Verdict.MOVE:
@@ -482,9 +492,6 @@ class AppRedrive:
                 result=verdict.value,
                 reason=reason,
             )
-
-
-_FIELD = {Verdict.MOVE: "moved", Verdict.SKIP: "skipped", Verdict.HOLD: "held", Verdict.FAIL: "failed"}
 
 
 def _chunks(
