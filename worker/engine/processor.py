@@ -13,7 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import anyio
 
@@ -21,13 +20,14 @@ from worker.aws.batcher import Batcher
 from worker.aws.names import queue_name
 from worker.deadletter.writer import DeadLetterWriter
 from worker.engine import policy
+from worker.engine.failure import Failure, classify, describe_failure, log_failure
 from worker.engine.handbacks import HandBacks
 from worker.engine.handler import LoadedHandler
 from worker.engine.lease import Beat, Heartbeats, Lease
 from worker.engine.message import Message
 from worker.engine.outcome import Outcome, OutcomeSink
 from worker.engine.policy import Condition, RetryConfig
-from worker.errors import DecodeError, PermanentError, RetryLater, SchemaError
+from worker.errors import DecodeError, RetryLater
 from worker.settings import Settings
 from worker.telemetry.metrics import Metrics
 
@@ -38,15 +38,6 @@ PENDING_DEAD_LETTERS_MAX = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
-    """What the last failed invocation raised, as recorded in the DLQ and destination records."""
-
-    error_type: str
-    error_message: str
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Disposition:
     """What happened to a message; ``give_back`` is set when it went back to the queue with a delay."""
 
@@ -54,19 +45,6 @@ class Disposition:
     give_back: int | None = None
     #: The message is still held: a delete is in flight and will release it (run_one's ``settle``).
     settle_pending: bool = False
-
-
-def classify(exc: BaseException) -> policy.HandlerResult:
-    """Map a handler exception to a policy outcome."""
-    if isinstance(exc, PermanentError):
-        return policy.HandlerResult.PERMANENT
-    if isinstance(exc, SchemaError):
-        return policy.HandlerResult.SCHEMA
-    if isinstance(exc, DecodeError):
-        return policy.HandlerResult.DECODE
-    if isinstance(exc, RetryLater):
-        return policy.HandlerResult.RETRY_LATER
-    return policy.HandlerResult.ERROR
 
 
 class Processor:
@@ -232,7 +210,7 @@ class Processor:
                 immediate += 1
                 self._processed["retried"].inc()
                 self.metrics.retries.labels(self.queue, "immediate").inc()
-                self._log_failure(message, outcome, error, "retry_now")
+                log_failure(message, self.settings.log_bodies, outcome, error, "retry_now")
                 continue
             break
         if isinstance(decision, policy.Ack):
@@ -248,14 +226,16 @@ class Processor:
             deleted = await self._delete(message, lease)
             self._emit(message, Condition.SUCCESS, attempts, response=response)
             return Disposition(finished=deleted)
-        failure = _failure(outcome, error, self.settings.timeout_seconds)
+        failure = describe_failure(outcome, error, self.settings.timeout_seconds)
         if isinstance(decision, policy.RetryAfter):
             self._processed["retried"].inc()
             self.metrics.retries.labels(self.queue, "delayed").inc()
-            self._log_failure(message, outcome, error, "retry_after", delay=decision.seconds)
+            log_failure(
+                message, self.settings.log_bodies, outcome, error, "retry_after", delay=decision.seconds
+            )
             released = await self._release(message, lease, decision.seconds)
             return Disposition(finished=False, give_back=decision.seconds if released else None)
-        self._log_failure(message, outcome, error, "dead_letter")
+        log_failure(message, self.settings.log_bodies, outcome, error, "dead_letter")
         return await self._dead_letter(message, lease, decision.condition, failure, attempts)
 
     async def _invoke(self, message: Message) -> tuple[policy.HandlerResult, object, BaseException | None]:
@@ -386,33 +366,3 @@ class Processor:
                 error_message=failure.error_message if failure else None,
             )
         )
-
-    def _log_failure(
-        self,
-        message: Message,
-        outcome: policy.HandlerResult,
-        error: BaseException | None,
-        action: str,
-        **extra: Any,
-    ) -> None:
-        fields: dict[str, Any] = {
-            "event": "handler_failed",
-            "message_id": message.id,
-            "outcome": outcome.value,
-            "error_type": type(error).__name__ if error is not None else outcome.value,
-            "action": action,
-            "receive_count": message.receive_count,
-            **extra,
-        }
-        if self.settings.log_bodies and error is not None:
-            fields["error"] = str(error)
-        level = logging.INFO if outcome is policy.HandlerResult.RETRY_LATER else logging.WARNING
-        log.log(level, "handler failed", extra=fields)
-
-
-def _failure(outcome: policy.HandlerResult, error: BaseException | None, timeout: float) -> Failure:
-    if outcome is policy.HandlerResult.TIMEOUT:
-        return Failure("Timeout", f"handler exceeded its {timeout:g}s timeout")
-    if error is None:
-        return Failure(outcome.value, "")
-    return Failure(type(error).__name__, str(error), error)
