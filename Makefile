@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 localstack-venv: $(STAMP)
-	@$(BIN)/python -c 'from worker.devkit.localstack import ensure_venv; ensure_venv()'
+	@$(BIN)/python -c 'from worker.devkit.localstack_venv import ensure_venv; ensure_venv()'
 
 test: lint localstack-venv
 	@scripts/ensure-promtool

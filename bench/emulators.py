@@ -115,7 +115,7 @@ def _fauxqs(workdir: Path) -> Iterator[tuple[str, str, int | None]]:
 
 
 def _localstack_version() -> str:
-    from worker.devkit.localstack import requirements_path
+    from worker.devkit.localstack_venv import requirements_path
 
     for line in requirements_path().read_text().splitlines():
         if line.startswith("localstack-core=="):

@@ -21,15 +21,10 @@ from typing import IO
 
 import pytest
 
-from worker.devkit import localstack
-from worker.devkit.localstack import (
-    MARKER_NAME,
-    EmbeddedLocalStack,
-    LocalStackError,
-    LocalStackInstance,
-    ensure_venv,
-    requirements_path,
-)
+from worker.devkit import localstack_venv
+from worker.devkit.localstack import EmbeddedLocalStack, LocalStackInstance
+from worker.devkit.localstack_errors import LocalStackError
+from worker.devkit.localstack_venv import MARKER_NAME, ensure_venv, requirements_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -179,7 +174,7 @@ def fake_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     pins = tmp_path / "requirements.txt"
     pins.write_text("localstack-core==0.0.0-test\n")
     monkeypatch.setenv("WORKER_LOCALSTACK_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(localstack, "requirements_path", lambda: pins)
+    monkeypatch.setattr(localstack_venv, "requirements_path", lambda: pins)
     builds: list[Path] = []
 
     def build(target: Path, pins: Path, log_path: Path, *, prompt: str) -> None:
@@ -187,14 +182,14 @@ def fake_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         (target / "bin").mkdir(parents=True)
         (target / "bin" / "python").symlink_to(sys.executable)
 
-    monkeypatch.setattr(localstack, "_build_venv", build)
+    monkeypatch.setattr(localstack_venv, "_build_venv", build)
     return builds
 
 
 def test_half_finished_install_is_redone(fake_install: list[Path], tmp_path: Path) -> None:
     """A venv dir without the marker (or a stale staging dir) is discarded and rebuilt, not reused."""
     home = tmp_path / "home"
-    digest = hashlib.sha256(localstack.requirements_path().read_bytes()).hexdigest()
+    digest = hashlib.sha256(localstack_venv.requirements_path().read_bytes()).hexdigest()
     venv = home / f"venv-{digest[:12]}"
     (venv / "bin").mkdir(parents=True)
     (venv / "leftover-from-a-crash").write_text("x")
@@ -216,22 +211,22 @@ def test_half_finished_install_is_redone(fake_install: list[Path], tmp_path: Pat
 def test_concurrent_installs_build_once(fake_install: list[Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """Two callers racing on a fresh home: one builds under the lock, the other waits and reuses it."""
     waiting = threading.Event()
-    real_progress = localstack._progress
+    real_progress = localstack_venv._progress
 
     def progress(message: str, *, quiet: bool) -> None:
         if message.startswith("waiting for another process"):
             waiting.set()
         real_progress(message, quiet=True)
 
-    monkeypatch.setattr(localstack, "_progress", progress)
-    real_build = localstack._build_venv
+    monkeypatch.setattr(localstack_venv, "_progress", progress)
+    real_build = localstack_venv._build_venv
 
     def slow_build(target: Path, pins: Path, log_path: Path, *, prompt: str) -> None:
         # Hold the lock until the other caller is provably blocked on it.
         assert waiting.wait(30), "second caller never waited for the lock"
         real_build(target, pins, log_path, prompt=prompt)
 
-    monkeypatch.setattr(localstack, "_build_venv", slow_build)
+    monkeypatch.setattr(localstack_venv, "_build_venv", slow_build)
     results: list[Path] = []
     errors: list[BaseException] = []
 

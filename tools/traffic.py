@@ -3,10 +3,10 @@
     python tools/traffic.py --topic-arn arn:aws:sns:us-east-1:000000000000:orders --rate 5
     python tools/traffic.py --count 100        # a burst of 100, then exit
 
-The mix (successes, blips, flaky and slow orders, poison, invalid and garbage bodies) is worker.devkit.demo's
-(``build_orders``), published ten per ``PublishBatch`` with ``worker.devkit.demo.publish``; every batch gets its own
-seed and order ids, so the dashboard shows every outcome within a minute. Endpoint, region and credentials
-come from the standard AWS_* variables, like the worker's.
+The mix (successes, blips, flaky and slow orders, poison, invalid and garbage bodies) is the demo's
+(``worker.devkit.demo_traffic.build_orders``), published ten per ``PublishBatch`` with its ``publish``; every
+batch gets its own seed and order ids, so the dashboard shows every outcome within a minute. Endpoint,
+region and credentials come from the standard AWS_* variables, like the worker's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TextIO
 
 import anyio
 
-from worker.devkit.demo import build_orders, publish
+from worker.devkit.demo_traffic import build_orders, publish
 
 BATCH = 10
 

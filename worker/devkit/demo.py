@@ -4,6 +4,9 @@ SNS topic -> SQS queue (RedrivePolicy) -> worker -> DLQ, with failure records ar
 alerts on an SNS topic and success confirmations on an SQS queue; a few hundred orders mixing
 successes, transient failures, timeouts and poison messages; live progress; a summary checked
 against what the queues and the bucket actually hold.
+
+This module runs the worker and reports progress; the stack is created by ``demo_topology``, the
+orders come from ``demo_traffic`` and the summary from ``demo_summary``.
 """
 
 from __future__ import annotations
@@ -11,36 +14,27 @@ from __future__ import annotations
 import collections
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from worker.aws.client import client_config, create_client
 from worker.destinations.record import DestinationRecord
+from worker.devkit.demo_summary import Summary, print_summary
+from worker.devkit.demo_topology import Topology, count_messages, count_s3, create_topology
+from worker.devkit.demo_traffic import build_orders, publish
 from worker.service.app import run_worker
 from worker.settings import Settings
 from worker.telemetry.liveline import LiveLine
 from worker.telemetry.logs import configure_logging
 from worker.telemetry.metrics import Metrics
 
-#: The mix of scenarios published (weights); see worker/examples/orders.py for what each does.
-MIX = {
-    "ok": 70,
-    "blip": 8,  # fails once, the immediate retry succeeds
-    "flaky": 6,  # fails the first delivery, a delayed retry succeeds
-    "slow": 4,  # times out on the first delivery, then succeeds
-    "stuck": 2,  # always times out: dead-lettered with condition Timeout
-    "poison": 5,  # PermanentError: dead-lettered at once
-    "invalid": 3,  # fails the payload model: SchemaError
-    "garbage": 2,  # not JSON at all: DecodeError
-}
+# Importable from here as before the split.
 
 #: Records seen by the demo's in-process hook (`python:worker.devkit.demo:record_hook`), by condition.
 _RECORDS: collections.Counter[str] = collections.Counter()
@@ -49,60 +43,6 @@ _RECORDS: collections.Counter[str] = collections.Counter()
 def record_hook(record: DestinationRecord) -> None:
     """A Python destination hook: counts the records it receives (the demo's progress source)."""
     _RECORDS[record.condition] += 1
-
-
-@dataclass
-class Topology:
-    """Names and addresses of everything the demo creates."""
-
-    topic_arn: str
-    queue_url: str
-    dlq_url: str
-    confirmations_url: str
-    alerts_arn: str
-    alerts_inbox_url: str
-    bucket: str
-    prefix: str = "failed"
-
-
-@dataclass
-class Summary:
-    """What the demo did and what the stack holds afterwards."""
-
-    published: int
-    seconds: float
-    outcomes: dict[str, int]
-    retries_immediate: int
-    retries_delayed: int
-    dlq_messages: int
-    s3_records: int
-    sns_alerts: int
-    confirmations: int
-    scenarios: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def succeeded(self) -> int:
-        """Messages that ended in success."""
-        return self.outcomes.get("Success", 0)
-
-    @property
-    def dead_lettered(self) -> int:
-        """Messages that ended in the DLQ."""
-        return sum(n for condition, n in self.outcomes.items() if condition != "Success")
-
-    def consistent(self) -> list[str]:
-        """Mismatches between what the worker reported and what the stack holds (empty when all agree)."""
-        problems = []
-        if self.succeeded + self.dead_lettered != self.published:
-            problems.append(f"{self.succeeded + self.dead_lettered} outcomes for {self.published} messages")
-        for name, held in (("DLQ messages", self.dlq_messages), ("S3 records", self.s3_records)):
-            if held != self.dead_lettered:
-                problems.append(f"{name}: {held}, dead-lettered: {self.dead_lettered}")
-        if self.sns_alerts != self.dead_lettered:
-            problems.append(f"SNS alerts: {self.sns_alerts}, dead-lettered: {self.dead_lettered}")
-        if self.confirmations != self.succeeded:
-            problems.append(f"confirmations: {self.confirmations}, succeeded: {self.succeeded}")
-        return problems
 
 
 @contextmanager
@@ -131,71 +71,6 @@ def demo_environment(endpoint: str) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
-
-
-async def create_topology(prefix: str, max_receive_count: int) -> Topology:
-    """Create the topic, queues, bucket and subscriptions (idempotent: reruns reuse them, emptied)."""
-    async with (
-        create_client("sqs", client_config()) as sqs,
-        create_client("sns", client_config()) as sns,
-        create_client("s3", client_config()) as s3,
-    ):
-
-        async def queue(name: str, **attributes: str) -> tuple[str, str]:
-            url = (await sqs.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]
-            await sqs.purge_queue(QueueUrl=url)
-            arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]
-            return url, arn["QueueArn"]
-
-        dlq_url, dlq_arn = await queue(f"{prefix}-orders-dlq")
-        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
-        queue_url, queue_arn = await queue(f"{prefix}-orders", RedrivePolicy=redrive, VisibilityTimeout="30")
-        confirmations_url, _ = await queue(f"{prefix}-orders-confirmed")
-        inbox_url, inbox_arn = await queue(f"{prefix}-alerts-inbox")
-        topic_arn = (await sns.create_topic(Name=f"{prefix}-orders"))["TopicArn"]
-        alerts_arn = (await sns.create_topic(Name=f"{prefix}-alerts"))["TopicArn"]
-        await sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
-        await sns.subscribe(
-            TopicArn=alerts_arn, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "true"}
-        )
-        bucket = f"{prefix}-failures"
-        await s3.create_bucket(Bucket=bucket)
-        listed = await s3.list_objects_v2(Bucket=bucket)
-        for item in listed.get("Contents", []):
-            await s3.delete_object(Bucket=bucket, Key=item["Key"])
-    return Topology(topic_arn, queue_url, dlq_url, confirmations_url, alerts_arn, inbox_url, bucket)
-
-
-def build_orders(count: int, seed: int = 7) -> list[tuple[str, str]]:
-    """(scenario, SNS message) pairs: the mix above, shuffled deterministically."""
-    rng = random.Random(seed)
-    scenarios = rng.choices(list(MIX), weights=list(MIX.values()), k=count)
-    orders = []
-    for index, scenario in enumerate(scenarios):
-        order = {
-            "order_id": f"o-{index:05d}",
-            "sku": f"SKU-{rng.randint(1, 40)}",
-            "quantity": rng.randint(1, 5),
-        }
-        if scenario == "invalid":
-            order["quantity"] = 0
-        elif scenario != "garbage":
-            order["scenario"] = scenario
-        body = "<order>not json</order>" if scenario == "garbage" else json.dumps(order)
-        orders.append((scenario, body))
-    return orders
-
-
-async def publish(topic_arn: str, orders: list[tuple[str, str]]) -> None:
-    """Publish the orders to the SNS topic, ten per call."""
-    async with create_client("sns", client_config()) as sns:
-        for start in range(0, len(orders), 10):
-            entries = [
-                {"Id": str(i), "Message": body} for i, (_, body) in enumerate(orders[start : start + 10])
-            ]
-            response = await sns.publish_batch(TopicArn=topic_arn, PublishBatchRequestEntries=entries)
-            if response.get("Failed"):
-                raise RuntimeError(f"SNS refused {len(response['Failed'])} messages")
 
 
 def demo_settings(topo: Topology, *, quick: bool, http_port: int) -> Settings:
@@ -258,28 +133,6 @@ class DemoProgress:
                 self._line.finish()
         else:
             print(line, file=self.stream, flush=True)
-
-
-async def count_messages(url: str) -> int:
-    """Visible + in-flight + delayed messages."""
-    async with create_client("sqs", client_config()) as sqs:
-        names = [
-            "ApproximateNumberOfMessages",
-            "ApproximateNumberOfMessagesNotVisible",
-            "ApproximateNumberOfMessagesDelayed",
-        ]
-        attrs = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names))["Attributes"]
-        return sum(int(attrs.get(n, 0)) for n in names)
-
-
-async def count_s3(bucket: str, prefix: str) -> int:
-    """Objects under the prefix."""
-    async with create_client("s3", client_config()) as s3:
-        total = 0
-        paginator = s3.get_paginator("list_objects_v2")
-        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix + "/"):
-            total += len(page.get("Contents", []))
-        return total
 
 
 async def run_demo(
@@ -353,39 +206,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def print_summary(summary: Summary, topo: Topology, http_port: int, out: Any) -> None:
-    """The summary table and where to look next."""
-    w = out.write
-    w("\nSummary\n")
-    w(f"  published                 {summary.published:>6}   in {summary.seconds:.1f} s\n")
-    w(f"  succeeded                 {summary.succeeded:>6}\n")
-    w(f"  retried immediately       {summary.retries_immediate:>6}\n")
-    w(f"  retried after a delay     {summary.retries_delayed:>6}\n")
-    w(f"  dead-lettered             {summary.dead_lettered:>6}\n")
-    for condition, n in sorted(summary.outcomes.items()):
-        if condition != "Success":
-            w(f"    {condition:<23} {n:>6}\n")
-    w("  destination records\n")
-    w(f"    SQS confirmations       {summary.confirmations:>6}   {topo.confirmations_url}\n")
-    w(f"    S3 failure records      {summary.s3_records:>6}   s3://{topo.bucket}/{topo.prefix}/\n")
-    w(f"    SNS failure alerts      {summary.sns_alerts:>6}   {topo.alerts_arn}\n")
-    w(f"  DLQ holds                 {summary.dlq_messages:>6}   {topo.dlq_url}\n")
-    problems = summary.consistent()
-    w(
-        "  check: "
-        + ("every count matches the queues and the bucket\n" if not problems else "; ".join(problems) + "\n")
-    )
-    w("\nWhere to look next\n")
-    w(f"  metrics         http://127.0.0.1:{http_port}/metrics   (while the demo runs; use --keep)\n")
-    w(f"  the DLQ         {topo.dlq_url}   (each message carries a 'worker.failure' attribute)\n")
-    w(f"  failure records s3://{topo.bucket}/{topo.prefix}/<yyyy>/<mm>/<dd>/<condition>/<message id>.json\n")
-    w(
-        f"  run it yourself AWS_ENDPOINT_URL={os.environ.get('AWS_ENDPOINT_URL', '')} "
-        f"WORKER_QUEUE_URL={topo.queue_url} WORKER_HANDLER=worker.examples.orders:handle worker run\n"
-    )
-    out.flush()
 
 
 def main(

@@ -1,0 +1,76 @@
+"""`worker demo`'s stack: the SNS topics, SQS queues and S3 bucket it creates, and what they hold.
+
+SNS topic -> SQS queue (RedrivePolicy) -> worker -> DLQ, with failure records archived in S3, failure
+alerts on an SNS topic (delivered to an inbox queue) and success confirmations on an SQS queue.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from worker.aws.client import client_config, create_client
+from worker.aws.queues import queue_depth
+
+
+@dataclass
+class Topology:
+    """Names and addresses of everything the demo creates."""
+
+    topic_arn: str
+    queue_url: str
+    dlq_url: str
+    confirmations_url: str
+    alerts_arn: str
+    alerts_inbox_url: str
+    bucket: str
+    prefix: str = "failed"
+
+
+async def create_topology(prefix: str, max_receive_count: int) -> Topology:
+    """Create the topic, queues, bucket and subscriptions (idempotent: reruns reuse them, emptied)."""
+    async with (
+        create_client("sqs", client_config()) as sqs,
+        create_client("sns", client_config()) as sns,
+        create_client("s3", client_config()) as s3,
+    ):
+
+        async def queue(name: str, **attributes: str) -> tuple[str, str]:
+            url = (await sqs.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]
+            await sqs.purge_queue(QueueUrl=url)
+            arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]
+            return url, arn["QueueArn"]
+
+        dlq_url, dlq_arn = await queue(f"{prefix}-orders-dlq")
+        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
+        queue_url, queue_arn = await queue(f"{prefix}-orders", RedrivePolicy=redrive, VisibilityTimeout="30")
+        confirmations_url, _ = await queue(f"{prefix}-orders-confirmed")
+        inbox_url, inbox_arn = await queue(f"{prefix}-alerts-inbox")
+        topic_arn = (await sns.create_topic(Name=f"{prefix}-orders"))["TopicArn"]
+        alerts_arn = (await sns.create_topic(Name=f"{prefix}-alerts"))["TopicArn"]
+        await sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        await sns.subscribe(
+            TopicArn=alerts_arn, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "true"}
+        )
+        bucket = f"{prefix}-failures"
+        await s3.create_bucket(Bucket=bucket)
+        listed = await s3.list_objects_v2(Bucket=bucket)
+        for item in listed.get("Contents", []):
+            await s3.delete_object(Bucket=bucket, Key=item["Key"])
+    return Topology(topic_arn, queue_url, dlq_url, confirmations_url, alerts_arn, inbox_url, bucket)
+
+
+async def count_messages(url: str) -> int:
+    """Visible + in-flight + delayed messages."""
+    async with create_client("sqs", client_config()) as sqs:
+        return sum((await queue_depth(sqs, url)).values())
+
+
+async def count_s3(bucket: str, prefix: str) -> int:
+    """Objects under the prefix."""
+    async with create_client("s3", client_config()) as s3:
+        total = 0
+        paginator = s3.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=bucket, Prefix=prefix + "/"):
+            total += len(page.get("Contents", []))
+        return total
