@@ -17,7 +17,9 @@ from typing import Any
 from worker import Message, PermanentError
 from worker.deadletter.record import FAILURE_ATTRIBUTE, build_dead_letter, failure_record, read_failure
 from worker.engine.message import parse_message, parse_sqs_attributes
-from worker.ops.redrive.command import RedriveOptions, Report, run_redrive
+from worker.ops.redrive.command import run_redrive
+from worker.ops.redrive.options import RedriveOptions
+from worker.ops.redrive.report import Report
 from worker.ops.settings import ToolSettings
 
 

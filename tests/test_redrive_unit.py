@@ -17,9 +17,11 @@ from worker.engine.message import MessageAttribute, parse_message, parse_sqs_att
 from worker.errors import ConfigError
 from worker.ops.filters import Facts, parse_duration, parse_filter
 from worker.ops.progress import Tally, format_bar
-from worker.ops.redrive.command import RedriveOptions, Report, _confirm, choose_mode, usage_problem
+from worker.ops.redrive.command import _confirm
+from worker.ops.redrive.options import RedriveOptions, choose_mode, usage_problem
 from worker.ops.redrive.plan import DeadLetteredMessage, Verdict, plan_redrive, redrive_dedup_id
 from worker.ops.redrive.ratelimit import TokenBucket, default_burst
+from worker.ops.redrive.report import Report
 from worker.ops.settings import QueueRef, ToolError, is_loopback, load_tool_settings
 
 SOURCE = {
@@ -394,7 +396,7 @@ def test_tool_settings_need_no_handler(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_dry_run_report_lists_would_move() -> None:
     """The text summary of a dry run says nothing moved and lists each message that would."""
-    from worker.ops.redrive.app_mode import Result
+    from worker.ops.redrive.app_results import Result
 
     report = Report(
         mode="app",
@@ -415,7 +417,7 @@ def test_dry_run_report_lists_would_move() -> None:
 
 def test_fifo_sends_one_message_per_group_per_call() -> None:
     """SendMessageBatch calls on a FIFO target take one message per group, in order; at most 10 per call."""
-    from worker.ops.redrive.app_mode import _chunks
+    from worker.ops.redrive.app_batches import _chunks
 
     items = []
     for group, n in [("a", 0), ("a", 1), ("b", 0), ("a", 2), ("b", 1)]:
