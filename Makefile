@@ -13,7 +13,7 @@ help:
 	@echo "make chaos       the fault-injection suite with 20 kill -9 trials (figures in docs/chaos-results.json)"
 	@echo "make localstack  start the embedded LocalStack in the foreground"
 	@echo "make audit       pip-audit of the locked dependencies"
-	@echo "make docs        regenerate the settings reference in docs/configuration.md from worker/settings.py"
+	@echo "make docs        regenerate the settings reference and the code map in docs/ from the code"
 
 $(STAMP): pyproject.toml constraints/dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (set PYTHON=python3.11)")'
@@ -60,6 +60,7 @@ demo: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python tools/settings_doc.py
+	$(BIN)/python tools/code_map.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -111,6 +111,44 @@ def test_settings_doc_check_mode_reports_a_stale_page(
     assert done.returncode == 0, done.stderr
 
 
+def _load_tool(name: str) -> ModuleType:
+    """A script of tools/ loaded from its file (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_code_map_is_up_to_date() -> None:
+    """docs/development.md lists every module of worker/ with its docstring's first line, as rendered now."""
+    module = _load_tool("code_map")
+    page = module.PAGE.read_text(encoding="utf-8")
+    assert module.update_page(page) == page, "the code map is stale: run `make docs`"
+    modules = [path for path in (ROOT / "worker").rglob("*.py") if path.name != "__init__.py"]
+    assert len(modules) > 40
+    for path in modules:
+        assert f"`{path.name}`: " in page, f"{path} is missing from the code map"
+
+
+def test_code_map_refuses_a_module_without_docstring(tmp_path: Path) -> None:
+    """A module with no docstring cannot be mapped: the renderer names it instead of leaving a blank."""
+    module = _load_tool("code_map")
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""A package."""\n')
+    (package / "bare.py").write_text("x = 1\n")
+    monkey_root = module.ROOT
+    module.ROOT = tmp_path
+    try:
+        with pytest.raises(ValueError, match=r"bare\.py has no docstring"):
+            module.render_map(package)
+    finally:
+        module.ROOT = monkey_root
+
+
 def test_every_setting_has_a_description() -> None:
     """Every Settings field, nested models' fields included, carries a non-empty description."""
     module = settings_doc()

@@ -1,0 +1,1 @@
+"""AWS plumbing: the client factory, names and ARNs, queue look-ups, batched calls."""

@@ -1,0 +1,1 @@
+"""On-success and on-failure destinations: URIs, records, targets and the sink that delivers them."""

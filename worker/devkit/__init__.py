@@ -1,0 +1,1 @@
+"""The development kit: the embedded LocalStack launcher and `worker demo`."""

@@ -1,0 +1,1 @@
+"""The engine: messages, the retry policy, handlers, leases, one message's processing, the consumer."""

@@ -1,0 +1,1 @@
+"""Operator tools: `worker dlq` and `worker redrive`."""

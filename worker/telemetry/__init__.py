@@ -1,0 +1,1 @@
+"""Metrics, health state, logs and the live status line."""

@@ -1,0 +1,1 @@
+"""`worker redrive`: native move tasks and app mode, with their options, plan and report."""
