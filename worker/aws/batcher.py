@@ -6,7 +6,7 @@ import logging
 import math
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -15,6 +15,10 @@ from worker.aws.client import CALL_ERRORS, error_code
 from worker.backoff import Backoff
 from worker.limits import SQS_BATCH_MAX
 from worker.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+
 
 log = logging.getLogger("worker.sqs")
 #: Between attempts of a whole batch call that failed: full jitter below 0.2 s doubling, capped at 2 s.
@@ -65,7 +69,7 @@ class Batcher:
 
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         call: BatchCall,
         queue_url: str,
         metrics: Metrics,

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from worker.aws.useragent import cache_user_agent
+
+if TYPE_CHECKING:  # the client types come from types-aiobotocore, a development dependency
+    from types_aiobotocore_events.client import EventBridgeClient
+    from types_aiobotocore_s3.client import S3Client
+    from types_aiobotocore_sns.client import SNSClient
+    from types_aiobotocore_sqs.client import SQSClient
+    from types_aiobotocore_sts.client import STSClient
 
 
 def client_config(*, read_timeout: float = 30.0, pool: int = 50, retry_mode: str = "standard") -> AioConfig:
@@ -23,6 +30,30 @@ def client_config(*, read_timeout: float = 30.0, pool: int = 50, retry_mode: str
     )
 
 
+@overload
+def create_client(
+    service: Literal["sqs"], config: AioConfig | None = None, *, endpoint_url: str | None = None
+) -> AbstractAsyncContextManager[SQSClient]: ...
+@overload
+def create_client(
+    service: Literal["sns"], config: AioConfig | None = None, *, endpoint_url: str | None = None
+) -> AbstractAsyncContextManager[SNSClient]: ...
+@overload
+def create_client(
+    service: Literal["s3"], config: AioConfig | None = None, *, endpoint_url: str | None = None
+) -> AbstractAsyncContextManager[S3Client]: ...
+@overload
+def create_client(
+    service: Literal["events"], config: AioConfig | None = None, *, endpoint_url: str | None = None
+) -> AbstractAsyncContextManager[EventBridgeClient]: ...
+@overload
+def create_client(
+    service: Literal["sts"], config: AioConfig | None = None, *, endpoint_url: str | None = None
+) -> AbstractAsyncContextManager[STSClient]: ...
+@overload
+def create_client(
+    service: str, config: AioConfig | None = None, *, endpoint_url: str | None = None
+) -> AbstractAsyncContextManager[Any]: ...
 @asynccontextmanager
 async def create_client(
     service: str, config: AioConfig | None = None, *, endpoint_url: str | None = None
@@ -32,7 +63,7 @@ async def create_client(
     kwargs: dict[str, Any] = {"config": config or client_config()}
     if endpoint_url is not None:
         kwargs["endpoint_url"] = endpoint_url
-    async with session.create_client(service, **kwargs) as client:
+    async with session.create_client(cast(Any, service), **kwargs) as client:
         cache_user_agent(client)
         yield client
 

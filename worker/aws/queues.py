@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from worker.aws.names import Arn, queue_name
 
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+    from types_aiobotocore_sqs.literals import QueueAttributeNameType
+    from types_aiobotocore_sqs.type_defs import ReceiveMessageResultTypeDef
+
+
 #: A queue's approximate counts by state (the names the metrics and reports use) and their attribute names.
-DEPTH_ATTRIBUTES = {
+DEPTH_ATTRIBUTES: dict[str, QueueAttributeNameType] = {
     "visible": "ApproximateNumberOfMessages",
     "in_flight": "ApproximateNumberOfMessagesNotVisible",
     "delayed": "ApproximateNumberOfMessagesDelayed",
 }
 
 
-async def queue_depth(client: Any, url: str) -> dict[str, int]:
+async def queue_depth(client: SQSClient, url: str) -> dict[str, int]:
     """A queue's approximate message counts by state: visible, in_flight, delayed (one GetQueueAttributes)."""
     response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=list(DEPTH_ATTRIBUTES.values()))
     attrs = response["Attributes"]
-    return {state: int(attrs.get(name, 0)) for state, name in DEPTH_ATTRIBUTES.items()}
+    return {state: int(attrs.get(name, "0")) for state, name in DEPTH_ATTRIBUTES.items()}
 
 
-async def lookup_queue_url(client: Any, ref: str) -> str:
+async def lookup_queue_url(client: SQSClient, ref: str) -> str:
     """The URL of a queue given by ARN (any account) or name (this account): one GetQueueUrl."""
     kwargs = {"QueueName": queue_name(ref)}
     if ref.startswith("arn:"):
@@ -33,7 +39,9 @@ async def lookup_queue_url(client: Any, ref: str) -> str:
     return str(response["QueueUrl"])
 
 
-async def receive(client: Any, url: str, most: int, *, wait: int, visibility: int) -> Any:
+async def receive(
+    client: SQSClient, url: str, most: int, *, wait: int, visibility: int
+) -> ReceiveMessageResultTypeDef:
     """One ReceiveMessage with every attribute: the response (``Messages`` may be absent when empty)."""
     return await client.receive_message(
         QueueUrl=url,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -18,6 +18,10 @@ from worker.deadletter.record import (
 from worker.engine.message import Message
 from worker.telemetry.metrics import Metrics
 
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+
+
 log = logging.getLogger("worker.deadletter")
 
 
@@ -26,7 +30,7 @@ class DeadLetterWriter:
 
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         dlq_url: str,
         *,
         source_queue_arn: str,

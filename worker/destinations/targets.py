@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
@@ -24,6 +24,13 @@ from worker.engine.handler import UserCallable, import_callable
 from worker.errors import ConfigError
 from worker.limits import EVENTS_MAX_BYTES, EVENTS_TIME_BYTES, SNS_MAX_BYTES, SQS_MAX_MESSAGE_BYTES
 from worker.settings import Settings, env_name
+
+if TYPE_CHECKING:
+    from types_aiobotocore_events.client import EventBridgeClient
+    from types_aiobotocore_events.type_defs import PutEventsRequestEntryTypeDef
+    from types_aiobotocore_s3.client import S3Client
+    from types_aiobotocore_sns.client import SNSClient
+    from types_aiobotocore_sqs.client import SQSClient
 
 log = logging.getLogger("worker.destinations")
 
@@ -114,7 +121,7 @@ class SqsDestination(Destination):
 
     limit = SQS_MAX_MESSAGE_BYTES
 
-    def __init__(self, uri: DestinationUri, client: Any) -> None:
+    def __init__(self, uri: DestinationUri, client: SQSClient) -> None:
         super().__init__(uri)
         self._client = client
         self._url: str | None = uri.target if uri.target.lower().startswith(("https://", "http://")) else None
@@ -170,7 +177,7 @@ class SnsDestination(Destination):
 
     limit = SNS_MAX_BYTES
 
-    def __init__(self, uri: DestinationUri, client: Any) -> None:
+    def __init__(self, uri: DestinationUri, client: SNSClient) -> None:
         super().__init__(uri)
         self._client = client
 
@@ -187,7 +194,7 @@ class SnsDestination(Destination):
 class S3Destination(Destination):
     """One object per record: ``prefix/YYYY/MM/DD/<condition>/<message id>.json``, never cut."""
 
-    def __init__(self, uri: DestinationUri, client: Any) -> None:
+    def __init__(self, uri: DestinationUri, client: S3Client) -> None:
         super().__init__(uri)
         self._client = client
 
@@ -209,13 +216,13 @@ class EventsDestination(Destination):
 
     limit = EVENTS_MAX_BYTES - EVENTS_TIME_BYTES - len(EVENT_SOURCE) - len(DETAIL_TYPE_FAILURE)
 
-    def __init__(self, uri: DestinationUri, client: Any) -> None:
+    def __init__(self, uri: DestinationUri, client: EventBridgeClient) -> None:
         super().__init__(uri)
         self._client = client
 
     async def deliver(self, record: DestinationRecord, full_record: str | None) -> str | None:
         """PutEvents with the record as Detail; a failed entry is a failed attempt."""
-        entry = {
+        entry: PutEventsRequestEntryTypeDef = {
             "Source": EVENT_SOURCE,
             "DetailType": DETAIL_TYPE_SUCCESS if record.succeeded else DETAIL_TYPE_FAILURE,
             "Detail": self.payload(record, full_record),

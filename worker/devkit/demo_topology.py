@@ -7,10 +7,15 @@ alerts on an SNS topic (delivered to an inbox queue) and success confirmations o
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from worker.aws.client import client_config, create_client
 from worker.aws.queues import queue_depth
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.literals import QueueAttributeNameType
 
 
 @dataclass
@@ -35,15 +40,19 @@ async def create_topology(prefix: str, max_receive_count: int) -> Topology:
         create_client("s3", client_config()) as s3,
     ):
 
-        async def queue(name: str, **attributes: str) -> tuple[str, str]:
-            url = (await sqs.create_queue(QueueName=name, Attributes=attributes))["QueueUrl"]
+        async def queue(
+            name: str, attributes: Mapping[QueueAttributeNameType, str] | None = None
+        ) -> tuple[str, str]:
+            url = (await sqs.create_queue(QueueName=name, Attributes=attributes or {}))["QueueUrl"]
             await sqs.purge_queue(QueueUrl=url)
             arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]
             return url, arn["QueueArn"]
 
         dlq_url, dlq_arn = await queue(f"{prefix}-orders-dlq")
         redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
-        queue_url, queue_arn = await queue(f"{prefix}-orders", RedrivePolicy=redrive, VisibilityTimeout="30")
+        queue_url, queue_arn = await queue(
+            f"{prefix}-orders", {"RedrivePolicy": redrive, "VisibilityTimeout": "30"}
+        )
         confirmations_url, _ = await queue(f"{prefix}-orders-confirmed")
         inbox_url, inbox_arn = await queue(f"{prefix}-alerts-inbox")
         topic_arn = (await sns.create_topic(Name=f"{prefix}-orders"))["TopicArn"]

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import random
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sns.type_defs import PublishBatchRequestEntryTypeDef
 
 from worker.aws.client import client_config, create_client
 
@@ -48,7 +52,7 @@ async def publish(topic_arn: str, orders: list[tuple[str, str]]) -> None:
     """Publish the orders to the SNS topic, ten per call."""
     async with create_client("sns", client_config()) as sns:
         for start in range(0, len(orders), 10):
-            entries = [
+            entries: list[PublishBatchRequestEntryTypeDef] = [
                 {"Id": str(i), "Message": body} for i, (_, body) in enumerate(orders[start : start + 10])
             ]
             response = await sns.publish_batch(TopicArn=topic_arn, PublishBatchRequestEntries=entries)

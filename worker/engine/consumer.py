@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -20,6 +20,10 @@ from worker.limits import SQS_BATCH_MAX
 from worker.settings import Settings
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+
 
 log = logging.getLogger("worker.consumer")
 #: A receive still unanswered this long after its long-poll wait makes the worker not ready.
@@ -85,7 +89,7 @@ class Consumer:
     """Owns the pollers and message tasks of one queue."""
 
     def __init__(
-        self, *, settings: Settings, client: Any, processor: Processor, metrics: Metrics, health: Health
+        self, *, settings: Settings, client: SQSClient, processor: Processor, metrics: Metrics, health: Health
     ) -> None:
         self.settings = settings
         self.client = client

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -28,6 +28,10 @@ from worker.ops.hold import HeldMessages
 from worker.ops.redrive.plan import DeadLetteredMessage
 from worker.ops.settings import QueueRef, ToolError, ToolSettings, resolve_dlq
 from worker.timestamps import iso_utc
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+
 
 #: Age buckets of the breakdown: (upper bound in seconds, label).
 AGE_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -61,7 +65,7 @@ def refuse_if_self_redriving(dlq: QueueRef, *, force: bool, action: str) -> None
         )
 
 
-async def scan(client: Any, dlq: QueueRef, *, limit: int, lease: float, wait_seconds: int = 1) -> Scan:
+async def scan(client: SQSClient, dlq: QueueRef, *, limit: int, lease: float, wait_seconds: int = 1) -> Scan:
     """Read up to ``limit`` messages, keep them invisible during the scan, give them all back at once."""
     held = HeldMessages(client, dlq.url, lease)
     result = Scan()

@@ -12,12 +12,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 from worker.aws.client import CALL_ERRORS, error_code
 from worker.limits import SQS_BATCH_MAX
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+    from types_aiobotocore_sqs.type_defs import ChangeMessageVisibilityBatchRequestEntryTypeDef
+
 
 log = logging.getLogger("worker.redrive")
 
@@ -25,7 +30,9 @@ log = logging.getLogger("worker.redrive")
 PARALLEL_CALLS = 8
 
 
-async def change_visibility(client: Any, queue_url: str, entries: Iterable[tuple[str, int]]) -> list[str]:
+async def change_visibility(
+    client: SQSClient, queue_url: str, entries: Iterable[tuple[str, int]]
+) -> list[str]:
     """Set each (receipt handle, seconds), 10 per call, several calls at once; the receipts that failed."""
     items = list(entries)
     failed: list[str] = []
@@ -33,7 +40,7 @@ async def change_visibility(client: Any, queue_url: str, entries: Iterable[tuple
 
     async def one_batch(chunk: list[tuple[str, int]]) -> None:
         async with limiter:
-            request = [
+            request: list[ChangeMessageVisibilityBatchRequestEntryTypeDef] = [
                 {"Id": str(i), "ReceiptHandle": receipt, "VisibilityTimeout": int(seconds)}
                 for i, (receipt, seconds) in enumerate(chunk)
             ]
@@ -62,7 +69,7 @@ async def change_visibility(client: Any, queue_url: str, entries: Iterable[tuple
 class HeldMessages:
     """Receipt handles kept invisible for the length of a pass; ``release_all`` gives them back at once."""
 
-    def __init__(self, client: Any, queue_url: str, lease: float) -> None:
+    def __init__(self, client: SQSClient, queue_url: str, lease: float) -> None:
         self._client = client
         self._queue_url = queue_url
         self.lease = max(1, math.ceil(lease))

@@ -12,7 +12,7 @@ import copy
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import ValidationError, field_validator
@@ -25,6 +25,9 @@ from worker.aws.names import queue_name
 from worker.aws.queues import lookup_queue_url
 from worker.errors import ConfigError, WorkerError
 from worker.settings import Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
 
 
 class ToolError(WorkerError):
@@ -115,7 +118,7 @@ class QueueRef:
             return 0
 
 
-async def open_queue(client: Any, url: str, what: str) -> QueueRef:
+async def open_queue(client: SQSClient, url: str, what: str) -> QueueRef:
     """GetQueueAttributes(All) of ``url``; a missing queue or an unreachable endpoint is a ConfigError."""
     try:
         response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
@@ -129,7 +132,7 @@ async def open_queue(client: Any, url: str, what: str) -> QueueRef:
 class QueueDirectory:
     """ARN -> URL look-ups (GetQueueUrl), cached; failures are remembered as the error code."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: SQSClient) -> None:
         self._client = client
         self._urls: dict[str, str | None] = {}
         self._errors: dict[str, str] = {}
@@ -146,7 +149,7 @@ class QueueDirectory:
         return self._urls[arn], self._errors.get(arn, "")
 
 
-async def resolve_dlq(client: Any, settings: ToolSettings, flag: str | None) -> QueueRef:
+async def resolve_dlq(client: SQSClient, settings: ToolSettings, flag: str | None) -> QueueRef:
     """The DLQ: ``--dlq``, else ``WORKER_DLQ_URL``, else the RedrivePolicy target of ``WORKER_QUEUE_URL``."""
     if flag:
         return await open_queue(client, flag, "--dlq")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskStatus
@@ -27,10 +27,16 @@ from worker.settings import Settings
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics
 
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+
+
 log = logging.getLogger("worker.app")
 
 
-async def watch_queue_depth(client: Any, urls: dict[str, str], metrics: Metrics, interval: float) -> None:
+async def watch_queue_depth(
+    client: SQSClient, urls: dict[str, str], metrics: Metrics, interval: float
+) -> None:
     """Publish worker_queue_messages for the source and the DLQ from periodic GetQueueAttributes."""
     while True:
         for queue, url in urls.items():
@@ -89,7 +95,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        client: Any,
+        client: SQSClient,
         metrics: Metrics,
         health: Health,
         info: QueueInfo,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 from botocore.exceptions import ClientError
@@ -16,6 +16,10 @@ from worker.aws.queues import lookup_queue_url
 from worker.backoff import Backoff
 from worker.errors import ConfigError
 from worker.settings import Settings, env_name
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+
 
 log = logging.getLogger("worker.app")
 
@@ -34,13 +38,13 @@ STARTUP_RETRY_SECONDS = 60.0
 STARTUP_BACKOFF = Backoff(base=0.5, cap=10.0)
 
 
-async def _queue_attributes(client: Any, url: str, field: str) -> dict[str, str]:
+async def _queue_attributes(client: SQSClient, url: str, field: str) -> dict[str, str]:
     """GetQueueAttributes(All); a missing queue or denied access is a ConfigError naming ``field``."""
     with anyio.move_on_after(STARTUP_RETRY_SECONDS):
         for retry in itertools.count(1):
             try:
                 response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
-                return dict(response["Attributes"])
+                return {str(name): value for name, value in response["Attributes"].items()}
             except ClientError as exc:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400)
                 code = error_code(exc)
@@ -59,7 +63,7 @@ async def _queue_attributes(client: Any, url: str, field: str) -> dict[str, str]
     raise ConfigError(f"{env_name(field)}: SQS endpoint unreachable for {STARTUP_RETRY_SECONDS:.0f}s")
 
 
-async def inspect_queue(client: Any, settings: Settings) -> QueueInfo:
+async def inspect_queue(client: SQSClient, settings: Settings) -> QueueInfo:
     """Read the source queue's ARN and RedrivePolicy; resolve the DLQ; warn about a weak safety net."""
     attrs = await _queue_attributes(client, settings.queue_url, "queue_url")
     policy = RedrivePolicy.parse(attrs.get("RedrivePolicy"))

@@ -8,7 +8,7 @@ not moved stays in the DLQ with the reason (``Outcomes``), and its ``--max`` res
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from worker.aws.client import CALL_ERRORS, error_code
 from worker.limits import SQS_BATCH_MAX, SQS_MAX_MESSAGE_BYTES
@@ -17,13 +17,20 @@ from worker.ops.redrive.app_results import Outcomes, _Received
 from worker.ops.redrive.plan import DeadLetteredMessage, Plan, Verdict
 from worker.telemetry.metrics import Metrics
 
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+    from types_aiobotocore_sqs.type_defs import (
+        DeleteMessageBatchRequestEntryTypeDef,
+        SendMessageBatchRequestEntryTypeDef,
+    )
+
 
 class Delivery:
     """Sends and deletes the moves of each received batch of one pass."""
 
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         dlq_url: str,
         *,
         watch: bool,
@@ -100,12 +107,16 @@ class Delivery:
 
 
 async def send_batch(
-    client: Any, target: str, items: list[tuple[DeadLetteredMessage, Plan]], metrics: Metrics
+    client: SQSClient, target: str, items: list[tuple[DeadLetteredMessage, Plan]], metrics: Metrics
 ) -> list[str | None]:
     """SendMessageBatch; per item None (acknowledged) or the reason it was not."""
     if not items:
         return []
-    entries = [{"Id": str(i), **(plan.request or {})} for i, (_, plan) in enumerate(items)]
+    # plan_redrive (pure) builds each request as SendMessage keywords; with an Id it is a batch entry.
+    entries = [
+        cast("SendMessageBatchRequestEntryTypeDef", {"Id": str(i), **(plan.request or {})})
+        for i, (_, plan) in enumerate(items)
+    ]
     try:
         response = await client.send_message_batch(QueueUrl=target, Entries=entries)
     except CALL_ERRORS as exc:
@@ -126,10 +137,12 @@ async def send_batch(
 
 
 async def delete_batch(
-    client: Any, queue_url: str, receipt_handles: Sequence[str], metrics: Metrics
+    client: SQSClient, queue_url: str, receipt_handles: Sequence[str], metrics: Metrics
 ) -> dict[int, str]:
     """DeleteMessageBatch (at most ``SQS_BATCH_MAX`` handles); the error code of each entry not deleted."""
-    entries = [{"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(receipt_handles)]
+    entries: list[DeleteMessageBatchRequestEntryTypeDef] = [
+        {"Id": str(i), "ReceiptHandle": handle} for i, handle in enumerate(receipt_handles)
+    ]
     failed: dict[int, str] = {}
     try:
         response = await client.delete_message_batch(QueueUrl=queue_url, Entries=entries)

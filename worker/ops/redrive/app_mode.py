@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -41,6 +41,11 @@ from worker.ops.redrive.plan import DeadLetteredMessage, Plan, Verdict, plan_red
 from worker.ops.settings import QueueDirectory, QueueRef
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+    from types_aiobotocore_sqs.type_defs import MessageTypeDef
+
 
 log = logging.getLogger("worker.redrive")
 #: Between failed DLQ receives: full jitter below 0.5 s doubling, capped at 10 s.
@@ -70,7 +75,7 @@ class AppRedrive:
 
     def __init__(
         self,
-        client: Any,
+        client: SQSClient,
         dlq: QueueRef,
         options: AppOptions,
         *,
@@ -197,7 +202,7 @@ class AppRedrive:
 
     # --- one batch ---------------------------------------------------------------------------------
 
-    async def _handle(self, entries: list[dict[str, Any]]) -> None:
+    async def _handle(self, entries: Sequence[MessageTypeDef]) -> None:
         now = datetime.now(UTC)
         batch = _Received()
         moves: list[tuple[DeadLetteredMessage, str, Plan]] = []

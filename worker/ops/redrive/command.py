@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import anyio
 import anyio.abc
@@ -37,6 +37,10 @@ from worker.settings import env_name
 from worker.telemetry.health import Health
 from worker.telemetry.logs import configure_logging
 from worker.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+
 
 log = logging.getLogger("worker.redrive")
 #: Long-poll wait of ``--watch`` receivers: a stop lets receives in flight return, so it bounds the exit time.
@@ -79,7 +83,7 @@ class _Setup:
 
 
 async def _prepare(
-    client: Any,
+    client: SQSClient,
     options: RedriveOptions,
     settings: ToolSettings,
     *,
@@ -195,7 +199,7 @@ async def run_redrive(
 
 
 async def _native(
-    client: Any,
+    client: SQSClient,
     setup: _Setup,
     options: RedriveOptions,
     report: Report,

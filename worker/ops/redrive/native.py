@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from botocore.exceptions import ClientError
@@ -17,6 +17,11 @@ from worker.aws.client import CALL_ERRORS, error_code
 from worker.ops.progress import Progress, Tally
 from worker.ops.settings import QueueRef, ToolError
 from worker.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from types_aiobotocore_sqs.client import SQSClient
+    from types_aiobotocore_sqs.type_defs import ListMessageMoveTasksResultEntryTypeDef
+
 
 log = logging.getLogger("worker.redrive")
 
@@ -44,7 +49,7 @@ def _message(exc: BaseException) -> str:
 
 
 async def run_native(
-    client: Any,
+    client: SQSClient,
     dlq: QueueRef,
     *,
     destination_arn: str | None,
@@ -73,7 +78,7 @@ async def run_native(
         },
     )
     cancelled = False
-    entry: dict[str, Any] = {}
+    entry: ListMessageMoveTasksResultEntryTypeDef = {}
     poll_interval = 0.05  # short tasks end within the first polls; long ones are polled once a second
     while True:
         with anyio.move_on_after(poll_interval):
