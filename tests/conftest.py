@@ -1,4 +1,9 @@
-"""Test harness: a sealed AWS environment, one embedded LocalStack per session, throwaway queues."""
+"""Test harness: a sealed AWS environment, one embedded LocalStack per session, throwaway queues.
+
+A second SQS implementation, moto's server, can be opted into per test: ``@on_emulators()`` runs a test on
+both (``emulator`` is ``"localstack"`` or ``"moto"``); ``sqs``, ``queues`` and ``aws_env`` follow it. Tests
+that do not opt in run on LocalStack only, as before.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,13 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 import pytest
 
 from tests.faultproxy import FaultProxy
-
-if TYPE_CHECKING:
-    from worker.devkit.localstack import EmbeddedLocalStack, LocalStackInstance
+from tests.motoserver import MotoServer
 
 # A developer can point the suite at a LocalStack already running (`worker localstack`): loopback only.
 _EXISTING_ENDPOINT = os.environ.get("TEST_LOCALSTACK_ENDPOINT")
@@ -49,14 +52,26 @@ def assert_loopback(endpoint: str) -> None:
     )
 
 
-def start_or_skip(stack: EmbeddedLocalStack) -> LocalStackInstance:
-    """Start an embedded LocalStack on loopback; if it cannot start, skip (locally) or fail (CI set)."""
+class _Running(Protocol):
+    @property
+    def endpoint(self) -> str: ...
+
+
+_R = TypeVar("_R", bound=_Running)
+
+
+class _Startable(Protocol[_R]):
+    def start(self) -> _R: ...
+
+
+def start_or_skip(stack: _Startable[_R], what: str = "embedded LocalStack") -> _R:
+    """Start an emulator on loopback; if it cannot start, skip (locally) or fail (CI set)."""
     try:
         instance = stack.start()
     except Exception as exc:
         if os.environ.get("CI"):
             raise
-        pytest.skip(f"embedded LocalStack unavailable: {exc}")
+        pytest.skip(f"{what} unavailable: {exc}")
     assert_loopback(instance.endpoint)
     return instance
 
@@ -82,18 +97,61 @@ def localstack_endpoint() -> Iterator[str]:
         stack.stop()
 
 
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One moto server per test session (skips locally, fails in CI, when it cannot start).
+
+    Unlike ``localstack_endpoint`` it never sets ``AWS_ENDPOINT_URL`` in this process: clients on moto
+    get the endpoint explicitly, worker subprocesses through their own environment (``aws_env``).
+    """
+    server = MotoServer()
+    instance = start_or_skip(server, "moto server")
+    try:
+        yield instance.endpoint
+    finally:
+        server.stop()
+
+
+#: The SQS emulators a test can run on.
+EMULATORS = ("localstack", "moto")
+
+
+def on_emulators(*, moto_xfail: str | None = None) -> pytest.MarkDecorator:
+    """Run a test once per emulator (``emulator`` fixture); ``moto_xfail`` makes the moto run strict xfail."""
+    moto: Any = "moto"
+    if moto_xfail:
+        moto = pytest.param("moto", marks=pytest.mark.xfail(strict=True, reason=moto_xfail))
+    return pytest.mark.parametrize("emulator", ["localstack", moto], indirect=True)
+
+
 @pytest.fixture
-def aws_env(localstack_endpoint: str) -> dict[str, str]:
-    """The environment a worker subprocess gets: sealed, pointed at LocalStack."""
+def emulator(request: pytest.FixtureRequest) -> str:
+    """The SQS emulator of this test: LocalStack unless the test opts in to both with ``@on_emulators()``."""
+    name = str(getattr(request, "param", "localstack"))
+    assert name in EMULATORS, name
+    return name
+
+
+@pytest.fixture
+def sqs_endpoint(emulator: str, request: pytest.FixtureRequest) -> str:
+    """The endpoint of this test's emulator (only that one is started)."""
+    endpoint = str(request.getfixturevalue(f"{emulator}_endpoint"))
+    assert_loopback(endpoint)
+    return endpoint
+
+
+@pytest.fixture
+def aws_env(sqs_endpoint: str) -> dict[str, str]:
+    """The environment a worker subprocess gets: sealed, pointed at this test's emulator."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
-    env["AWS_ENDPOINT_URL"] = localstack_endpoint
+    env["AWS_ENDPOINT_URL"] = sqs_endpoint
     assert_loopback(env["AWS_ENDPOINT_URL"])
     return env
 
 
 @pytest.fixture
 def fault_proxy(aws_env: dict[str, str]) -> Iterator[FaultProxy]:
-    """A TCP fault proxy in front of LocalStack (``fault_proxy.endpoint``), stopped after the test."""
+    """A TCP fault proxy in front of the test's emulator (``fault_proxy.endpoint``), stopped after it."""
     proxy = FaultProxy.towards(aws_env["AWS_ENDPOINT_URL"]).start()
     try:
         yield proxy
@@ -102,12 +160,12 @@ def fault_proxy(aws_env: dict[str, str]) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-async def sqs(localstack_endpoint: str) -> AsyncIterator[Any]:
-    """An aiobotocore SQS client on LocalStack, retries off."""
+async def sqs(sqs_endpoint: str) -> AsyncIterator[Any]:
+    """An aiobotocore SQS client on this test's emulator (endpoint passed explicitly)."""
     from worker.aws.client import client_config, create_client
 
-    assert_loopback(os.environ["AWS_ENDPOINT_URL"])
-    async with create_client("sqs", client_config(read_timeout=30)) as client:
+    assert_loopback(sqs_endpoint)
+    async with create_client("sqs", client_config(read_timeout=30), endpoint_url=sqs_endpoint) as client:
         yield client
 
 
@@ -123,7 +181,9 @@ async def aws(localstack_endpoint: str) -> AsyncIterator[Callable[[str], Any]]:
 
         async def get(service: str) -> Any:
             if service not in cache:
-                cache[service] = await stack.enter_async_context(create_client(service, client_config()))
+                cache[service] = await stack.enter_async_context(
+                    create_client(service, client_config(), endpoint_url=localstack_endpoint)
+                )
             return cache[service]
 
         yield get  # type: ignore[misc]
@@ -138,8 +198,11 @@ QueueFactory = Callable[..., Awaitable[dict[str, str]]]
 
 
 @pytest.fixture
-async def queues(sqs: Any) -> AsyncIterator[QueueFactory]:
-    """Creates a source queue and its DLQ (random names, deleted after the test)."""
+async def queues(sqs: Any, sqs_endpoint: str) -> AsyncIterator[QueueFactory]:
+    """Creates a source queue and its DLQ (random names, deleted after the test) on this test's emulator.
+
+    The dict also names the ``endpoint`` the queues live on (``running_worker`` points its worker there).
+    """
     created: list[str] = []
 
     async def make(
@@ -163,7 +226,7 @@ async def queues(sqs: Any) -> AsyncIterator[QueueFactory]:
         arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"][
             "QueueArn"
         ]
-        return {"url": url, "arn": arn, "dlq_url": dlq, "dlq_arn": dlq_arn}
+        return {"url": url, "arn": arn, "dlq_url": dlq, "dlq_arn": dlq_arn, "endpoint": sqs_endpoint}
 
     yield make
     for url in created:

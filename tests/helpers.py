@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import collections
 import json
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+import os
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from worker.aws.client import queue_depth
+from worker.aws.queues import queue_depth
 from worker.engine.outcome import Outcome
 from worker.service.app import Worker, run_worker
 from worker.settings import Settings
@@ -55,21 +56,45 @@ async def running_worker(
     }
     values.update(overrides)
     settings = Settings(**values)
-    async with anyio.create_task_group() as tg:
-        worker: Worker = await tg.start(
-            lambda task_status: run_worker(
-                settings,
-                metrics=metrics,
-                sink=Collecting() if sink is _COLLECT else sink,
-                handle_signals=False,
-                task_status=task_status,
+    # The worker reaches the emulator its queue lives on (``queues`` says which) through the standard chain.
+    with endpoint_env(queue.get("endpoint")):
+        async with anyio.create_task_group() as tg:
+            worker: Worker = await tg.start(
+                lambda task_status: run_worker(
+                    settings,
+                    metrics=metrics,
+                    sink=Collecting() if sink is _COLLECT else sink,
+                    handle_signals=False,
+                    task_status=task_status,
+                )
             )
-        )
-        try:
-            yield worker
-        finally:
-            if not worker.stopping.is_set():
-                worker.stop()
+            try:
+                yield worker
+            finally:
+                if not worker.stopping.is_set():
+                    worker.stop()
+
+
+@contextmanager
+def endpoint_env(endpoint: str | None) -> Iterator[None]:
+    """``AWS_ENDPOINT_URL=endpoint`` in this process for a block, then the previous value back.
+
+    An in-process worker takes its endpoint from the standard AWS chain (settings have none), so this is
+    how it reaches the emulator its queue lives on; the test's own clients pass theirs explicitly.
+    Nothing changes when ``endpoint`` is None.
+    """
+    if endpoint is None:
+        yield
+        return
+    previous = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = endpoint
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = previous
 
 
 async def wait_for(
@@ -112,6 +137,42 @@ def read_journal(*paths: Path) -> dict[str, collections.Counter[str]]:
             if event in counts and key:
                 counts[event][key] += 1
     return counts
+
+
+async def journaled_receives(message: Any) -> Any:
+    """A test handler: ``tests.handlers:scripted``, after a "receive <key> <receive count>" journal line.
+
+    The receive count a handler run sees, against the runs journaled before it, tells how many receives of
+    that message ran no handler (hand-backs); read them back with ``read_receive_counts``.
+    """
+    from tests.handlers import scripted
+
+    _journal_receive(str(message.json().get("key", message.id)), message.receive_count)
+    return await scripted(message)
+
+
+def _journal_receive(key: str, receive_count: int) -> None:
+    path = os.environ.get("TEST_JOURNAL")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"receive {key} {receive_count}\n")
+
+
+def read_receive_counts(*paths: Path) -> dict[str, list[int]]:
+    """Per key, the receive counts of its handler runs journaled by ``journaled_receives``, in file order.
+
+    Whole lines only, as in read_journal (give each worker process its own file).
+    """
+    counts: dict[str, list[int]] = collections.defaultdict(list)
+    for path in paths:
+        if not path.exists():
+            continue
+        for line in path.read_text().split("\n")[:-1]:
+            event, _, rest = line.partition(" ")
+            key, _, count = rest.partition(" ")
+            if event == "receive" and key and count.isdigit():
+                counts[key].append(int(count))
+    return dict(counts)
 
 
 async def send_bodies(sqs: Any, url: str, bodies: Iterable[Any]) -> None:

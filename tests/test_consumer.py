@@ -1,4 +1,4 @@
-"""The consumer pipeline against LocalStack: success, retries, timeouts, dead-lettering."""
+"""The consumer pipeline on both SQS emulators (LocalStack, moto): success, retries, timeouts, DLQ."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 
 from tests import handlers
-from tests.conftest import QueueFactory, unique
+from tests.conftest import QueueFactory, on_emulators, unique
 from tests.helpers import Collecting, depth, drain, running_worker, send, wait_for
 from worker.deadletter.record import FAILURE_ATTRIBUTE, read_failure
 from worker.engine.message import parse_sqs_attributes
 from worker.engine.policy import Condition
 
-pytestmark = pytest.mark.localstack
+pytestmark = [pytest.mark.localstack, on_emulators()]
 
 
 def failure_of(entry: dict[str, Any]) -> Any:

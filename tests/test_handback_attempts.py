@@ -1,0 +1,148 @@
+"""Graceful restarts under load never dead-letter a message whose handler did not run.
+
+A stopping worker's pending long polls still return, and what they bring is given back (visibility 0); the
+next pending poll may receive it again, and give it back again. Each of those receives raises SQS's
+ApproximateReceiveCount without a handler run, so the restarted worker can receive a message with a count
+that says its attempts are used up although its handler never ran. It must run it, not dead-letter it.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import signal
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import QueueFactory, on_emulators, unique
+from tests.helpers import (
+    WorkerProcess,
+    depth,
+    drain,
+    read_journal,
+    read_receive_counts,
+    send_bodies,
+    wait_for,
+)
+from worker.deadletter.record import read_failure
+from worker.engine.message import parse_sqs_attributes
+
+pytestmark = [pytest.mark.localstack, pytest.mark.slow]
+
+#: SIGTERM/restart cycles; each sends MESSAGES // CYCLES messages: half before the SIGTERM (in flight at the
+#: stop), half once the worker drains (they meet its pending long polls).
+CYCLES = 4
+MESSAGES = 40
+HANDLER_SECONDS = 0.6
+SETTINGS: dict[str, Any] = {
+    "handler": "tests.helpers:journaled_receives",
+    "pollers": 6,  # long polls pending at every stop: concurrency (50) leaves them free slots
+    "max_attempts": 3,
+    "immediate_retries": 1,
+    "wait_time_seconds": 3,  # how long the pending polls of a stopping worker keep receiving
+    "shutdown_timeout_seconds": 10,
+    "visibility_timeout_seconds": 30,
+}
+
+
+@on_emulators()
+async def test_messages_handed_back_while_stopping_run_after_restart_and_are_never_dead_lettered(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Messages handed back twice or more by stopping workers' pending polls run after restart; DLQ empty."""
+    q = await queues(visibility=30)
+    settings = {**SETTINGS, "queue_url": q["url"], "dlq_url": q["dlq_url"]}
+    keys: list[str] = []
+    journals: list[Path] = []
+    workers: list[WorkerProcess] = []
+
+    def start_worker() -> WorkerProcess:
+        # One journal per process (see read_journal).
+        journals.append(tmp_path / f"journal-{len(journals)}")
+        worker = WorkerProcess({**aws_env, "TEST_JOURNAL": str(journals[-1])}, tmp_path, **settings)
+        workers.append(worker)
+        return worker.start()
+
+    async def send(count: int) -> None:
+        batch = [unique("m") for _ in range(count)]
+        keys.extend(batch)
+        await send_bodies(sqs, q["url"], [{"key": key, "sleep": HANDLER_SECONDS} for key in batch])
+
+    per_cycle = MESSAGES // CYCLES
+    try:
+        for _ in range(CYCLES):
+            worker = start_worker()
+            await worker.wait_ready()
+            await send(per_cycle // 2)
+            await wait_for(lambda: _in_flight(journals[-1]), what="a handler in flight")
+            worker.signal(signal.SIGTERM)
+            await wait_for(partial(_logged, worker, "draining"), timeout=10, what="the worker draining")
+            await send(per_cycle - per_cycle // 2)
+            assert await worker.wait(timeout=30) == 0, worker.logs()[-2000:]
+        last = start_worker()
+        await last.wait_ready()
+        await wait_for(lambda: _is_empty(sqs, q["url"]), timeout=60, what="source queue empty")
+        last.signal(signal.SIGTERM)
+        assert await last.wait(timeout=30) == 0, last.logs()[-2000:]
+    finally:
+        for worker in workers:
+            worker.kill()
+
+    give_backs = [e for w in workers for e in w.events() if e.get("event") == "give_back"]
+    dead_letters = await _dead_letters(sqs, q["dlq_url"])
+    runs = read_journal(*journals)["start"]
+    # Receives of a message before its first run (or before it was dead-lettered unrun) that ran no handler.
+    unrun_receives = {key: counts[0] - 1 for key, counts in read_receive_counts(*journals).items()}
+    for key, record in dead_letters.items():
+        if not runs[key] and record["receive_count"]:
+            unrun_receives[key] = record["receive_count"] - 1
+    twice = sorted(key for key, n in unrun_receives.items() if n >= 2)
+    report = (
+        f"{len(give_backs)} give-back events ({sum(e.get('count', 0) for e in give_backs)} messages) in "
+        f"{len(workers)} workers; receives without a run before the first run, by count: "
+        f"{dict(sorted(collections.Counter(unrun_receives.values()).items()))}; "
+        f"dead-lettered: {len(dead_letters)}, never run: {sum(1 for key in keys if not runs[key])}"
+    )
+    print(report)  # shown with -rA: how hard the run exercised the fault
+    assert give_backs, f"no hand-back: the scenario did not reproduce the fault ({report})"
+    assert twice, f"no message was handed back twice: the scenario did not reproduce the fault ({report})"
+    # The handler never fails: a dead-letter record is a message dead-lettered without a failed run.
+    assert not dead_letters, (
+        f"{len(dead_letters)} dead-lettered though the handler never fails, "
+        f"{sum(1 for key in dead_letters if not runs[key])} of them never run; "
+        f"first: {dict(list(dead_letters.items())[:2])} ({report})"
+    )
+    never_ran = [key for key in keys if not runs[key]]
+    assert not never_ran, f"{len(never_ran)} of {len(keys)} messages never ran their handler ({report})"
+
+
+def _in_flight(journal: Path) -> bool:
+    """A handler of this worker started and has not finished."""
+    counts = read_journal(journal)
+    return sum(counts["start"].values()) > sum(counts["done"].values())
+
+
+def _logged(worker: WorkerProcess, event: str) -> bool:
+    return any(e.get("event") == event for e in worker.events())
+
+
+async def _is_empty(sqs: Any, url: str) -> bool:
+    return await depth(sqs, url) == 0
+
+
+async def _dead_letters(sqs: Any, dlq_url: str) -> dict[str, dict[str, Any]]:
+    """Everything in the DLQ, by body key: the failure record's condition, attempts and receive count."""
+    count = await depth(sqs, dlq_url)
+    entries = await drain(sqs, dlq_url, expect=count, timeout=20) if count else []
+    found: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        record = read_failure(parse_sqs_attributes(entry.get("MessageAttributes")))
+        found[json.loads(entry["Body"])["key"]] = {
+            "condition": record.condition if record else None,
+            "attempts": record.attempts if record else None,
+            "receive_count": record.receive_count if record else None,
+        }
+    return found
