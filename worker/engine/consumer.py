@@ -238,6 +238,6 @@ class Consumer:
         )
         try:
             leases = [self.processor.lease(received_at) for _ in messages]
-            await self.processor.give_back(messages, leases, 0)
+            await self.processor.give_back(messages, leases, self.processor.handback_seconds)
         finally:
             self.slots.release(len(messages))

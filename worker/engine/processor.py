@@ -80,6 +80,9 @@ class Processor:
         )
         #: Set when the worker drains: messages not yet started (later ones of a FIFO group) go back.
         self.draining = False
+        #: Visibility of messages handed back unprocessed: 0 while running; once draining, long enough that
+        #: this worker's own pending long polls (at most ``wait_time_seconds`` each) cannot take them again.
+        self.handback_seconds = 0
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
         #: Receives this worker gave back unprocessed, per message id: they are not attempts.
         self.handbacks = HandBacks()
@@ -97,8 +100,9 @@ class Processor:
         self.heartbeats = heartbeats
 
     def drain(self) -> None:
-        """The worker is stopping: messages not started yet (later ones of a FIFO group) go back at once."""
+        """The worker is stopping: messages not started yet go back, out of reach of its pending polls."""
         self.draining = True
+        self.handback_seconds = self.settings.wait_time_seconds + 1
 
     # -- a group of messages held together (a FIFO group from one receive, or a single message) --
 
@@ -132,7 +136,7 @@ class Processor:
             for (message, decode_error), lease in zip(items, leases, strict=True):
                 handed_over = False
                 if give_back is None and self.draining:
-                    give_back = 0  # draining: what has not started goes back at once
+                    give_back = self.handback_seconds  # draining: what has not started goes back
                 if give_back is not None:
                     await self._hand_back(message, lease, give_back)
                 else:
@@ -151,7 +155,7 @@ class Processor:
             for beat in beats[done:]:
                 self.heartbeats.untrack(beat)
             with anyio.move_on_after(5, shield=True):
-                await self.give_back([m for m, _ in items[done:]], leases[done:], 0)
+                await self.give_back([m for m, _ in items[done:]], leases[done:], self.handback_seconds)
             raise
         finally:
             for beat in beats[done:]:
