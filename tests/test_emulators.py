@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import MotoServer, QueueFactory, assert_loopback, on_emulators
+from tests.conftest import QueueFactory, assert_loopback, on_emulators, start_or_skip
+from tests.motoserver import MotoServer
 from tests.helpers import depth, endpoint_env, running_worker, send, wait_for
 
 pytestmark = pytest.mark.localstack
@@ -58,12 +59,7 @@ def test_endpoint_env_puts_back_what_was_there() -> None:
 def test_moto_server_is_on_loopback_and_gone_after_stop() -> None:
     """A moto server listens on 127.0.0.1 only and its process is gone once stopped."""
     server = MotoServer()
-    try:
-        instance = server.start()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"moto server unavailable: {exc}")
+    instance = start_or_skip(server, "moto server")
     try:
         assert instance.endpoint.startswith("http://127.0.0.1:")
         assert_loopback(instance.endpoint)

@@ -41,8 +41,6 @@ from worker.devkit.localstack_child import (
 from worker.devkit.localstack_errors import LocalStackError, _tail
 from worker.devkit.localstack_venv import ensure_venv
 
-# Importable from here as before the split (the CLI, tests, bench and the Makefile use this module).
-
 DEFAULT_REGION = "us-east-1"
 _STOP_GRACE_SECONDS = 10.0
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
