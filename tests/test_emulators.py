@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import QueueFactory, assert_loopback, on_emulators, start_or_skip
-from tests.motoserver import MotoServer
 from tests.helpers import depth, endpoint_env, running_worker, send, wait_for
+from tests.motoserver import MotoServer
 
 pytestmark = pytest.mark.localstack
 
