@@ -213,6 +213,8 @@ class Bench:
         finally:
             await self.delete_queue(queue)
         seconds = last.at - first.at
+        if seconds <= 0:
+            raise RuntimeError(f"{name} drained {count} messages before the first sample: raise --messages")
         result: dict[str, Any] = {
             "consumer": name,
             "handler": handler,
@@ -235,15 +237,24 @@ class Bench:
         return result
 
     async def _watch(self, consumer: ConsumerProcess, url: str, count: int) -> tuple[Sample, Sample]:
-        """Sample until the queue is empty: the first sample showing consumption, and the last one."""
+        """Sample until the queue is empty: the first sample showing consumption, and the last one.
+
+        When the whole queue drains between two samples (a fast consumer on a slow-answering emulator), the
+        first sample is the last one that still showed it untouched, so the interval is never empty.
+        """
         first: Sample | None = None
+        untouched: Sample | None = None
         deadline = time.monotonic() + self.args.drain_timeout
         while True:
             remaining = await self.depth(url)
             now = time.perf_counter()
             cpu = consumer.sample()
+            if first is None and remaining >= count:
+                untouched = Sample(now, remaining, cpu, *self.others_cpu())
             if (first is None and remaining < count) or remaining == 0:
                 sample = Sample(now, remaining, cpu, *self.others_cpu())
+                if first is None and remaining == 0 and untouched is not None:
+                    first = untouched
                 first = first or sample
                 if remaining == 0:
                     return first, sample
