@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.conftest import QueueFactory
+from tests.helpers import WorkerProcess, http_get_async
 from tests.test_deploy_support import ROOT, require
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -178,26 +181,44 @@ def test_healthcheck_targets_the_worker_liveness_endpoint() -> None:
     assert f"EXPOSE {default_port}" in DOCKERFILE.read_text()
 
 
-async def test_healthcheck_command_passes_on_a_live_worker_and_fails_otherwise() -> None:
-    """The HEALTHCHECK command exits 0 against the worker's real /healthz, non-zero when stale or down."""
+async def _run_healthcheck(env: dict[str, str]) -> int:
+    """Exit code of the image's HEALTHCHECK command (this interpreter for its ``python``) in ``env``."""
+    command = [sys.executable, *_healthcheck_command()[1:]]
+    result = await anyio.run_process(command, env=env, check=False)
+    return result.returncode
+
+
+@pytest.mark.localstack
+async def test_healthcheck_command_passes_on_a_live_worker_and_fails_once_it_is_gone(
+    queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The HEALTHCHECK command on a live `worker run` subprocess's port exits 0; non-zero once it exited."""
+    q = await queues()
+    worker = WorkerProcess(aws_env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"]).start()
+    # What the container gives the worker and its health check alike: WORKER_HTTP_PORT, the worker's own.
+    env = {"WORKER_HTTP_PORT": worker.env["WORKER_HTTP_PORT"], "PATH": "/usr/bin:/bin"}
+    try:
+        await worker.wait_ready()
+        assert await _run_healthcheck(env) == 0, worker.logs()[-2000:]
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(timeout=30) == 0
+    finally:
+        worker.kill()
+    assert await _run_healthcheck(env) != 0  # nothing listens any more
+
+
+async def test_healthcheck_command_fails_when_the_worker_reports_itself_stale() -> None:
+    """Against the worker's HTTP server with /healthz at 503 (stale polls), the command exits non-zero."""
     from worker.service.http import HttpServer
     from worker.telemetry.health import Health
     from worker.telemetry.metrics import Metrics
 
-    command = [sys.executable, *_healthcheck_command()[1:]]
-
-    async def run(port: int) -> int:
-        env = {"WORKER_HTTP_PORT": str(port), "PATH": "/usr/bin:/bin"}
-        result = await anyio.run_process(command, env=env, check=False)
-        return result.returncode
-
     async with anyio.create_task_group() as tg:
-        alive = await tg.start(HttpServer("127.0.0.1", 0, Metrics(), Health()).serve)
         stale = await tg.start(HttpServer("127.0.0.1", 0, Metrics(), Health(stale_after=-1.0)).serve)
-        assert await run(alive) == 0
-        assert await run(stale) != 0
+        status, _ = await http_get_async(stale, "/healthz")
+        assert status == 503
+        assert await _run_healthcheck({"WORKER_HTTP_PORT": str(stale), "PATH": "/usr/bin:/bin"}) != 0
         tg.cancel_scope.cancel()
-    assert await run(alive) != 0  # nothing listens any more
 
 
 def test_runtime_lock_is_the_runtime_closure_of_the_dev_lock() -> None:

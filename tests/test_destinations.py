@@ -32,8 +32,6 @@ from worker.limits import SNS_MAX_BYTES
 from worker.settings import Settings
 from worker.telemetry.metrics import Metrics
 
-pytestmark = pytest.mark.localstack
-
 HANDLER = "tests.test_destinations:mixed"
 FAKE_QUEUE = "http://127.0.0.1:1/000000000000/source"
 
@@ -337,6 +335,7 @@ async def make_targets(kind: str, infra: Infra) -> tuple[Target, Target]:
     raise AssertionError(kind)
 
 
+@pytest.mark.localstack
 @pytest.mark.parametrize("kind", ["sqs", "sqs-url", "sns", "s3", "events"])
 async def test_each_kind_receives_the_right_record_for_every_condition(
     kind: str, sqs: Any, queues: QueueFactory, infra: Infra
@@ -395,6 +394,7 @@ async def test_each_kind_receives_the_right_record_for_every_condition(
         assert await depth(sqs, failed.extra["url"]) == 0
 
 
+@pytest.mark.localstack
 async def test_python_hooks_receive_frozen_records_and_their_errors_are_contained(
     sqs: Any, queues: QueueFactory
 ) -> None:
@@ -447,6 +447,7 @@ async def test_python_hooks_receive_frozen_records_and_their_errors_are_containe
 # -- size limits --
 
 
+@pytest.mark.localstack
 async def test_record_over_256_kib_is_cut_for_sns_with_a_pointer_to_s3(
     sqs: Any, queues: QueueFactory, infra: Infra
 ) -> None:
@@ -495,6 +496,7 @@ async def test_record_over_256_kib_is_cut_for_sns_with_a_pointer_to_s3(
 # -- outages --
 
 
+@pytest.mark.localstack
 async def test_missing_sns_topic_is_counted_failed_without_rerun_or_delayed_delete(
     sqs: Any, queues: QueueFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -537,6 +539,7 @@ async def blackhole() -> AsyncIterator[str]:
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.localstack
 async def test_blackholed_destination_times_out_without_delaying_the_delete(
     sqs: Any, queues: QueueFactory
 ) -> None:
@@ -587,6 +590,7 @@ async def test_no_destinations_gives_no_sink() -> None:
         tg.cancel_scope.cancel()
 
 
+@pytest.mark.localstack
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -11,9 +11,8 @@ from tests.conftest import QueueFactory, assert_loopback, on_emulators, start_or
 from tests.helpers import depth, endpoint_env, running_worker, send, wait_for
 from tests.motoserver import MotoServer
 
-pytestmark = pytest.mark.localstack
 
-
+@pytest.mark.localstack
 @on_emulators()
 async def test_fixtures_follow_the_emulator(
     emulator: str, sqs_endpoint: str, sqs: Any, queues: QueueFactory, aws_env: dict[str, str]
@@ -56,6 +55,7 @@ def test_endpoint_env_puts_back_what_was_there() -> None:
             os.environ["AWS_ENDPOINT_URL"] = saved
 
 
+@pytest.mark.localstack  # an emulator server process, like LocalStack: not a unit test
 def test_moto_server_is_on_loopback_and_gone_after_stop() -> None:
     """A moto server listens on 127.0.0.1 only and its process is gone once stopped."""
     server = MotoServer()

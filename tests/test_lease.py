@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import anyio
 import pytest
 
 from tests.helpers import wait_for
-from worker.engine.lease import Heartbeats, Lease
+from worker.engine.lease import RECHECK_SECONDS, Heartbeats, Lease
 from worker.telemetry.metrics import Metrics
 
 #: A 3 s visibility: half of it is 2 s (the floor), so an extension falls due 1 s after the receive.
@@ -43,14 +44,21 @@ async def _scheduler(batcher: FakeBatcher, metrics: Metrics) -> AsyncIterator[He
         tg.cancel_scope.cancel()
 
 
+def _idle_for(heartbeats: Heartbeats, seconds: float) -> bool:
+    """Nothing tracked, and at least ``seconds`` into its wait for the next look (the idle recheck)."""
+    return not heartbeats._heap and heartbeats._next_due - anyio.current_time() <= RECHECK_SECONDS - seconds
+
+
 async def test_an_idle_scheduler_extends_a_new_lease_when_half_is_left_and_keeps_extending() -> None:
-    """Tracked while nothing else is: extended ~1 s after the receive, then again from each new deadline."""
+    """Tracked while idle: no wake-up, extended ~1 s after the receive, then again from each new deadline."""
     batcher, metrics = FakeBatcher(), Metrics()
     async for heartbeats in _scheduler(batcher, metrics):
-        await anyio.sleep(0.3)  # the scheduler has gone idle (nothing tracked)
+        # Idle and part-way through its recheck wait: the new lease falls due after that recheck.
+        await wait_for(partial(_idle_for, heartbeats, 0.2), timeout=5, what="the scheduler idle")
         received = anyio.current_time()
         lease = Lease.start(received, VISIBILITY)
         beat = heartbeats.track(lease, "rh-1")
+        assert not heartbeats._wake.is_set(), "tracking woke the idle scheduler"
         await wait_for(lambda: len(batcher.calls) >= 2, timeout=5, what="two extensions")
         heartbeats.untrack(beat)
     (first, entry), (second, _) = batcher.calls[:2]

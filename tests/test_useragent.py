@@ -13,8 +13,6 @@ from botocore.useragent import UserAgentString
 from worker.aws.client import client_config, create_client
 from worker.aws.useragent import cache_user_agent
 
-pytestmark = pytest.mark.localstack
-
 
 @asynccontextmanager
 async def _stock_client() -> AsyncIterator[Any]:
@@ -43,6 +41,7 @@ async def _calls(client: Any, url: str) -> None:
         pass
 
 
+@pytest.mark.localstack
 async def test_cached_user_agent_equals_botocores_for_every_call(
     queues: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -179,5 +179,6 @@ class Worker:
             await self.forced.wait()
             log.warning("second signal: forcing exit", extra={"event": "forced"})
         # Either the budget ran out or a second signal came: cancel what is still running.
-        log.warning("shutdown deadline: cancelling in-flight handlers", extra={"event": "drain_deadline"})
+        if not self.forced.is_set():
+            log.warning("shutdown deadline: cancelling in-flight handlers", extra={"event": "drain_deadline"})
         work_scope.cancel()
