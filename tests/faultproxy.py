@@ -2,6 +2,11 @@
 
 It runs its own event loop in a thread, so it serves in-process workers and subprocesses alike, and the
 test switches its behaviour at run time by setting attributes.
+
+It reads the requests it forwards one by one (HTTP/1.1 with a Content-Length), so it can reset a connection
+on a request: a client's pooled keep-alive connection, established before a fault was switched on, is hit
+on its next request (``Faults.reset_request_share``, ``FaultProxy.reset_next_requests``), not only new
+connections. Every reset it performs is counted (``resets`` by operation, ``reset_kinds`` by kind).
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ class Faults:
 
     blackhole: bool = False  # accept, read, never forward or answer
     reset_share: float = 0.0  # share of new connections reset at once (RST)
-    latency: float = 0.0  # seconds added before each forwarded chunk
+    # Share of requests, on new and pooled connections alike, read whole and then answered by a reset
+    # (never forwarded: the server does not see them).
+    reset_request_share: float = 0.0
+    latency: float = 0.0  # seconds added before each forwarded request and response chunk
     cut_response_after: int | None = None  # close a connection after this many response bytes
     error_share: float = 0.0  # share of requests answered by the proxy itself with ``error_status``
     error_status: int = 503  # 503 (server error) or 400 (with a throttling code)
@@ -39,10 +47,18 @@ class FaultProxy:
         self.connections = 0
         #: Errors the proxy answered itself, by API operation (from the X-Amz-Target header).
         self.injected: collections.Counter[str] = collections.Counter()
+        #: Resets the proxy performed on a request, by API operation of the request they cut.
+        self.resets: collections.Counter[str] = collections.Counter()
+        #: Resets the proxy performed, by kind: "connect" (a new connection, ``reset_share``), "first" (the
+        #: first request of a connection), "pooled" (a later request: the connection was reused), "live"
+        #: (``reset_all``), "cut" (``cut_response_after``).
+        self.reset_kinds: collections.Counter[str] = collections.Counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fault-proxy")
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()  # the client side of each live connection
+        self._doomed: set[asyncio.StreamWriter] = set()  # reset on their next request
 
     @classmethod
     def towards(cls, endpoint: str) -> FaultProxy:
@@ -66,13 +82,32 @@ class FaultProxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
+    @property
+    def reset_count(self) -> int:
+        """All resets performed so far, of every kind."""
+        return sum(dict(self.reset_kinds).values())  # a copy: the proxy's thread may add a kind meanwhile
+
     def reset_all(self) -> None:
-        """Reset every live connection now."""
+        """Reset every live connection now (each client connection counted as a "live" reset)."""
         asyncio.run_coroutine_threadsafe(self._reset_all(), self._loop).result(timeout=10)
 
     async def _reset_all(self) -> None:
+        self.reset_kinds["live"] += len(self._clients)
         for writer in list(self._writers):
             _rst(writer)
+
+    def reset_next_requests(self) -> int:
+        """Make every live client connection reset on its next request; returns how many were marked.
+
+        A client's idle pooled connections are what this reaches: a reset while they are idle would only make
+        the client drop them quietly, a reset on their next request fails that request.
+        """
+
+        async def mark() -> int:
+            self._doomed |= self._clients
+            return len(self._clients)
+
+        return asyncio.run_coroutine_threadsafe(mark(), self._loop).result(timeout=10)
 
     def stop(self) -> None:
         """Close everything and stop the thread."""
@@ -92,8 +127,10 @@ class FaultProxy:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)
+        self._clients.add(writer)
         try:
             if self.faults.reset_share and random.random() < self.faults.reset_share:
+                self.reset_kinds["connect"] += 1
                 _rst(writer)
                 return
             if self.faults.blackhole:
@@ -114,22 +151,69 @@ class FaultProxy:
             except OSError:
                 _rst(writer)
                 return
-            if first_head:
-                up_writer.write(first_head)
             self._writers.add(up_writer)
             try:
                 await asyncio.gather(
-                    self._pipe(reader, up_writer, response=False),
+                    self._requests(reader, writer, up_writer, first_head),
                     self._pipe(up_reader, writer, response=True),
                 )
             finally:
                 self._writers.discard(up_writer)
                 up_writer.close()
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             self._writers.discard(writer)
+            self._clients.discard(writer)
+            self._doomed.discard(writer)
             writer.close()
+
+    async def _requests(
+        self,
+        reader: asyncio.StreamReader,
+        client: asyncio.StreamWriter,
+        upstream: asyncio.StreamWriter,
+        head: bytes,
+    ) -> None:
+        """Forward the client's requests one by one, resetting the connection on a request when told to."""
+        served = 0
+        try:
+            while True:
+                if self.faults.blackhole:
+                    await asyncio.sleep(3600)
+                if not head:
+                    try:
+                        head = await reader.readuntil(b"\r\n\r\n")
+                    except asyncio.IncompleteReadError:
+                        break  # the client closed its side (between requests, normally)
+                if _header(head, b"transfer-encoding") is not None:
+                    # A chunked body: no request boundaries to find here, pass the rest through.
+                    upstream.write(head)
+                    await self._pipe(reader, upstream, response=False)
+                    return
+                body = await reader.readexactly(int(_header(head, b"content-length") or 0))
+                if self.faults.blackhole:  # switched on while this request was being read
+                    await asyncio.sleep(3600)
+                doomed = client in self._doomed
+                share = self.faults.reset_request_share
+                if doomed or (share and random.random() < share):
+                    self.resets[_operation(head)] += 1
+                    self.reset_kinds["pooled" if served else "first"] += 1
+                    _rst(client)
+                    upstream.close()  # ends the response pipe too
+                    return
+                if self.faults.latency:
+                    await asyncio.sleep(self.faults.latency)
+                upstream.write(head + body)
+                await upstream.drain()
+                served += 1
+                head = b""
+        except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            if upstream.can_write_eof():
+                with contextlib.suppress(OSError):
+                    upstream.write_eof()
 
     async def _pipe(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, response: bool
@@ -148,6 +232,7 @@ class FaultProxy:
                 if response and limit is not None and sent + len(data) > limit:
                     writer.write(data[: max(0, limit - sent)])
                     await writer.drain()
+                    self.reset_kinds["cut"] += 1
                     _rst(writer)
                     return
                 writer.write(data)
@@ -167,13 +252,19 @@ def _force_close(head: bytes) -> bytes:
     return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n"
 
 
+def _header(head: bytes, wanted: bytes) -> bytes | None:
+    """The value of header ``wanted`` (lower case) in a request head, or None."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == wanted:
+            return value.strip()
+    return None
+
+
 def _operation(head: bytes) -> str:
     """The API operation of a JSON-protocol request head ("ReceiveMessage"), or "" when it names none."""
-    for line in head.split(b"\r\n"):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"x-amz-target":
-            return value.strip().decode().rpartition(".")[2]
-    return ""
+    target = _header(head, b"x-amz-target")
+    return "" if target is None else target.decode().rpartition(".")[2]
 
 
 async def _answer_error(
