@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,9 @@ from typing import Any
 import pytest
 
 from bench import report
+from bench.common import BENCH_DIR
 from bench.measure import body, percentile
+from tests.test_deploy_support import npm_installed, require
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,10 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quick_bench_drains_every_queue_and_reports_each_figure(
     aws_env: dict[str, str], localstack_endpoint: str, tmp_path: Path
 ) -> None:
-    """`python -m bench --quick` drains every preloaded queue with each consumer and writes every figure."""
-    consumers = ["raw", "worker"]
-    if shutil.which("node") and shutil.which("npm"):
-        consumers.append("sqs-consumer")  # installs bench/package-lock.json's packages from npm
+    """`python -m bench --quick` drains every preloaded queue with each consumer, sqs-consumer included."""
+    # The Node consumer is part of the smoke run, never dropped: node and npm must be there (the bench
+    # looks for both) and `make node-deps` must have installed bench/package-lock.json's packages, so the
+    # bench installs nothing itself. Locally a missing piece skips; under CI it fails.
+    require("bin:node")
+    require("bin:npm")
+    npm_installed(BENCH_DIR, stamp=".bench-installed")  # the stamp bench/emulators.py:npm_install checks
+    consumers = ["raw", "worker", "sqs-consumer"]
     output = tmp_path / "results.json"
     n, io_n, latency_n = 600, 200, 20
     done = subprocess.run(
@@ -60,7 +65,11 @@ def test_quick_bench_drains_every_queue_and_reports_each_figure(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "[bench] npm " not in done.stderr, "the bench installed npm packages during the test"
+    assert "node/npm not found" not in done.stderr, done.stderr[-3000:]
     results = json.loads(output.read_text())
+    assert results["consumers"] == consumers
+    assert results["node"].startswith("v"), results["node"]
     assert results["quick"] is True
     assert results["repeat"] == 1
     rows = {(r["consumer"], r["handler"]): r for r in results["throughput"]}

