@@ -26,13 +26,17 @@ HTML_ANCHOR = re.compile(r"<a\s+[^>]*(?:id|name)=\"([^\"]+)\"", re.IGNORECASE)
 
 @cache
 def settings_doc() -> ModuleType:
-    """tools/settings_doc.py, loaded once from its file (tools/ is not a package)."""
-    name = "tools_settings_doc"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "settings_doc.py")
+    """tools/settings_doc.py, loaded from its file."""
+    return _load_tool("settings_doc")
+
+
+def _load_tool(name: str) -> ModuleType:
+    """A script of tools/ loaded from its file (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
 
@@ -109,17 +113,6 @@ def test_settings_doc_check_mode_reports_a_stale_page(
     script = [sys.executable, str(ROOT / "tools" / "settings_doc.py"), "--check"]
     done = subprocess.run(script, capture_output=True, text=True, check=False, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-
-
-def _load_tool(name: str) -> ModuleType:
-    """A script of tools/ loaded from its file (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", ROOT / "tools" / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_code_map_is_up_to_date() -> None:

@@ -264,13 +264,6 @@ def test_hand_backs_only_ever_add_attempts(
     assert (made >= config.max_attempts) == isinstance(with_known, DeadLetter)
 
 
-def test_policy_has_no_unrun_dead_letter() -> None:
-    """The policy offers no way to dead-letter before a handler ran (the old admit() is gone)."""
-    from worker.engine import policy
-
-    assert not hasattr(policy, "admit")
-
-
 # --- backoff and the visibility cap ---------------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from worker.errors import ConfigError
 from worker.ops.filters import Facts, parse_duration, parse_filter
 from worker.ops.progress import Tally, format_bar
 from worker.ops.redrive.command import _confirm
-from worker.ops.redrive.options import APP, NATIVE, RedriveOptions, choose_mode, usage_problem
+from worker.ops.redrive.options import RedriveMode, RedriveOptions, choose_mode, usage_problem
 from worker.ops.redrive.plan import DeadLetteredMessage, Verdict, plan_redrive, redrive_dedup_id
 from worker.ops.redrive.ratelimit import TokenBucket, default_burst
 from worker.ops.redrive.report import Report
@@ -326,13 +326,13 @@ def test_mode_choice() -> None:
 @pytest.mark.parametrize(
     ("options", "named"),
     [
-        (RedriveOptions(mode=NATIVE, max_messages=5), {"--mode", "--max"}),
+        (RedriveOptions(mode=RedriveMode.NATIVE, max_messages=5), {"--mode", "--max"}),
         (
-            RedriveOptions(mode=NATIVE, filters=(parse_filter("error=Boom"),), dry_run=True),
+            RedriveOptions(mode=RedriveMode.NATIVE, filters=(parse_filter("error=Boom"),), dry_run=True),
             {"--mode", "--filter", "--dry-run"},
         ),
-        (RedriveOptions(mode=NATIVE, watch=True, min_age=60), {"--mode", "--watch", "--min-age"}),
-        (RedriveOptions(mode=NATIVE, rate=501), {"--rate", "--mode"}),
+        (RedriveOptions(mode=RedriveMode.NATIVE, watch=True, min_age=60), {"--mode", "--watch", "--min-age"}),
+        (RedriveOptions(mode=RedriveMode.NATIVE, rate=501), {"--rate", "--mode"}),
         (RedriveOptions(watch=True, dry_run=True), {"--watch", "--dry-run"}),
     ],
 )
@@ -347,9 +347,9 @@ def test_contradictory_options_are_refused_naming_exactly_the_offending_ones(
 
 def test_compatible_options_are_no_usage_problem() -> None:
     """A native rate of exactly 500, app-only options left to --mode auto or given to app mode: accepted."""
-    assert usage_problem(RedriveOptions(mode=NATIVE, rate=500)) is None
+    assert usage_problem(RedriveOptions(mode=RedriveMode.NATIVE, rate=500)) is None
     assert usage_problem(RedriveOptions(max_messages=5, dry_run=True, rate=501)) is None
-    assert usage_problem(RedriveOptions(mode=APP, watch=True, min_age=60, rate=501)) is None
+    assert usage_problem(RedriveOptions(mode=RedriveMode.APP, watch=True, min_age=60, rate=501)) is None
 
 
 def test_exit_codes() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from worker.aws.names import queue_name
+from worker.aws.names import Arn, queue_name
 
 Kind = Literal["sqs", "sns", "s3", "events", "python"]
 
@@ -130,7 +130,10 @@ def _sqs_url(uri: str) -> DestinationUri:
 def _bare_arn(uri: str) -> DestinationUri:
     if _SQS_ARN.fullmatch(uri):
         return DestinationUri("sqs", uri, uri)
-    service = uri.split(":")[2] if uri.count(":") >= 2 else ""
+    try:
+        service = Arn.parse(uri).service
+    except ValueError:
+        service = ""
     if service == "sns":
         raise ValueError(f"SNS destinations are written sns:<topic ARN>, got {uri!r}")
     if service == "sqs":

@@ -80,9 +80,6 @@ class Processor:
         )
         #: Set when the worker drains: messages not yet started (later ones of a FIFO group) go back.
         self.draining = False
-        #: Visibility of messages handed back unprocessed: 0 while running; once draining, long enough that
-        #: this worker's own pending long polls (at most ``wait_time_seconds`` each) cannot take them again.
-        self.handback_seconds = 0
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
         #: Receives this worker gave back unprocessed, per message id: they are not attempts.
         self.handbacks = HandBacks()
@@ -102,7 +99,12 @@ class Processor:
     def drain(self) -> None:
         """The worker is stopping: messages not started yet go back, out of reach of its pending polls."""
         self.draining = True
-        self.handback_seconds = self.settings.wait_time_seconds + 1
+
+    @property
+    def handback_seconds(self) -> int:
+        """Visibility of messages handed back unprocessed: 0, or WAIT_TIME_SECONDS + 1 once draining."""
+        # Draining, this worker's own pending long polls (wait_time_seconds at most) must not retake them.
+        return self.settings.wait_time_seconds + 1 if self.draining else 0
 
     # -- a group of messages held together (a FIFO group from one receive, or a single message) --
 

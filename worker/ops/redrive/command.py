@@ -28,7 +28,7 @@ from worker.ops.dlq import refuse_if_self_redriving
 from worker.ops.progress import Progress, Tally
 from worker.ops.redrive.app_mode import AppOptions, AppRedrive
 from worker.ops.redrive.native import run_native
-from worker.ops.redrive.options import APP, NATIVE, RedriveMode, RedriveOptions, choose_mode, usage_problem
+from worker.ops.redrive.options import RedriveMode, RedriveOptions, choose_mode, usage_problem
 from worker.ops.redrive.report import Report
 from worker.ops.settings import QueueRef, ToolError, ToolSettings, is_loopback, open_queue, resolve_dlq
 from worker.service.http import HttpServer
@@ -112,13 +112,13 @@ async def _prepare(
     )
     if to is not None:
         target_text = to.name
-    elif mode == NATIVE:
+    elif mode == RedriveMode.NATIVE:
         target_text = default.name if default else "the queues SQS moved them from"
     else:
         target_text = "their source queues" + (f" (else {default.name})" if default else "")
     if remote:
         await _confirm(endpoint, dlq.count("ApproximateNumberOfMessages"), options, dlq, target_text, ask)
-    if mode == APP:
+    if mode == RedriveMode.APP:
         refuse_if_self_redriving(dlq, force=options.force, action="redriving from")
     return _Setup(dlq, to, default, mode, why, target_text)
 
@@ -160,7 +160,7 @@ async def run_redrive(
                 health = Health()
                 await tg.start(HttpServer(settings.http_host, settings.http_port, metrics, health).serve)
                 health.started = True
-            if setup.mode == NATIVE:
+            if setup.mode == RedriveMode.NATIVE:
                 await _native(client, setup, options, report, metrics, progress, tg, handle_signals)
             else:
                 engine = AppRedrive(

@@ -19,8 +19,6 @@ class RedriveMode(StrEnum):
     APP = "app"
 
 
-NATIVE = RedriveMode.NATIVE
-APP = RedriveMode.APP
 #: ``--min-age`` default of ``--watch``: long enough for an outage to be over, short enough to matter.
 WATCH_MIN_AGE = 300.0
 
@@ -86,12 +84,12 @@ class RedriveOptions:
 
 def usage_problem(options: RedriveOptions) -> str | None:
     """A contradiction between options (reported by argparse as a usage error), or None."""
-    if options.mode == NATIVE and options.app_only:
+    if options.mode == RedriveMode.NATIVE and options.app_only:
         return (
             f"--mode native cannot honour {', '.join(options.app_only)}: SQS moves every message as it is; "
             "use --mode app (or leave --mode out)"
         )
-    if options.mode == NATIVE and options.rate is not None and options.rate > MAX_NATIVE_RATE:
+    if options.mode == RedriveMode.NATIVE and options.rate is not None and options.rate > MAX_NATIVE_RATE:
         return f"--rate above {MAX_NATIVE_RATE} is beyond SQS move tasks: use --mode app"
     if options.watch and options.dry_run:
         return "--watch and --dry-run do not go together: a dry run is one pass"
@@ -103,11 +101,14 @@ def choose_mode(options: RedriveOptions, *, fifo: bool, has_destination: bool) -
     if options.mode != RedriveMode.AUTO:
         return RedriveMode(options.mode), f"--mode {options.mode}"
     if options.app_only:
-        return APP, f"{', '.join(options.app_only)} need app mode"
+        return RedriveMode.APP, f"{', '.join(options.app_only)} need app mode"
     if fifo:
-        return APP, "FIFO queues: app mode carries group and deduplication ids"
+        return RedriveMode.APP, "FIFO queues: app mode carries group and deduplication ids"
     if not has_destination:
-        return APP, f"no --to or {env_name('queue_url')}: app mode sends each message to the source it names"
+        return (
+            RedriveMode.APP,
+            f"no --to or {env_name('queue_url')}: app mode sends each message to the source it names",
+        )
     if options.rate is not None and options.rate > MAX_NATIVE_RATE:
-        return APP, f"--rate above {MAX_NATIVE_RATE}"
-    return NATIVE, "SQS message move task"
+        return RedriveMode.APP, f"--rate above {MAX_NATIVE_RATE}"
+    return RedriveMode.NATIVE, "SQS message move task"

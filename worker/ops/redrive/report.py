@@ -9,7 +9,7 @@ from worker.aws.names import queue_name
 from worker.ops.progress import Tally, format_duration
 from worker.ops.redrive.app_results import Result
 from worker.ops.redrive.native import NativeResult
-from worker.ops.redrive.options import NATIVE, RedriveMode
+from worker.ops.redrive.options import RedriveMode
 from worker.ops.redrive.plan import Verdict
 
 #: At most this many messages per section in the text summary (``--json`` has them all).
@@ -74,7 +74,7 @@ class Report:
 
     def render(self) -> str:
         """The summary for a terminal."""
-        what = "native move task" if self.mode == NATIVE else "app mode"
+        what = "native move task" if self.mode == RedriveMode.NATIVE else "app mode"
         lines = [f"Redrive ({what}: {self.why}) from {self.dlq} to {self.target}"]
         if self.dry_run:
             lines.append("  dry run: nothing was moved, every message is where it was")
