@@ -202,7 +202,7 @@ class Bench:
             try:
                 await consumer.wait_ready()
                 profiler = self.profile(consumer, handler)
-                first, last = await self._watch(consumer, queue.url, count)
+                baseline, first, last = await self._watch(consumer, queue.url, count)
                 peak = peak_rss_bytes(consumer.pid, consumer.peak_rss_sampled)
                 metrics = consumer.metrics()
             finally:
@@ -222,7 +222,9 @@ class Bench:
             "measured_messages": first.remaining,
             "seconds": round(seconds, 3),
             "msgs_per_s": round(first.remaining / seconds, 1),
-            "cpu_s_per_1k": round((last.cpu - first.cpu) / first.remaining * 1000, 4),
+            # CPU over every message the consumer took after the baseline: a clock tick is 10 ms, so the
+            # rate window alone (the tail of a fast drain) can be shorter than one tick.
+            "cpu_s_per_1k": round((last.cpu - baseline.cpu) / baseline.remaining * 1000, 4),
             "peak_rss_mb": round(peak / 2**20, 1),
             "preload_msgs_per_s": round(preload_rate),
             # Cores busy meanwhile: the emulator process, and the whole machine (every process).
@@ -236,11 +238,13 @@ class Bench:
         )
         return result
 
-    async def _watch(self, consumer: ConsumerProcess, url: str, count: int) -> tuple[Sample, Sample]:
-        """Sample until the queue is empty: the first sample showing consumption, and the last one.
+    async def _watch(self, consumer: ConsumerProcess, url: str, count: int) -> tuple[Sample, Sample, Sample]:
+        """Sample until the queue is empty: (baseline, first, last).
 
-        When the whole queue drains between two samples (a fast consumer on a slow-answering emulator), the
-        first sample is the last one that still showed it untouched, so the interval is never empty.
+        ``first`` is the first sample showing consumption and ``last`` the empty queue: the rate window. When
+        the whole queue drains between two samples (a fast consumer on a slow-answering emulator), ``first`` is
+        the last sample that still showed it untouched, so the interval is never empty. ``baseline`` is that
+        last untouched sample when there was one (else ``first``): CPU is counted from it, over every message.
         """
         first: Sample | None = None
         untouched: Sample | None = None
@@ -257,7 +261,7 @@ class Bench:
                     first = untouched
                 first = first or sample
                 if remaining == 0:
-                    return first, sample
+                    return untouched or first, first, sample
             if not consumer.alive():
                 raise consumer.failure("exited while draining")
             if time.monotonic() > deadline:

@@ -117,10 +117,16 @@ async def test_watch_waits_for_min_age_and_serves_metrics(
         assert json.loads(second["Body"]) == {"k": "young"}
         moved_at = datetime.fromtimestamp(int(second["Attributes"]["SentTimestamp"]) / 1000, UTC)
         assert (moved_at - young_at).total_seconds() >= 2
-        status, body = await http_get_async(port, "/metrics")
-        assert status == 200
         dlq_name = q["dlq_url"].rsplit("/", 1)[-1]
-        assert f'worker_redrive_messages_total{{result="moved",source="{dlq_name}"}} 2.0' in body
+        moved = f'worker_redrive_messages_total{{result="moved",source="{dlq_name}"}} 2.0'
+
+        async def scrape() -> str | None:
+            # The count follows the DLQ delete, which follows the send this test already received.
+            status, body = await http_get_async(port, "/metrics")
+            assert status == 200
+            return body if moved in body else None
+
+        body = await wait_for(scrape, timeout=10, what=moved)
         assert f'worker_redrive_messages_total{{result="skipped",source="{dlq_name}"}}' in body
         proc.send_signal(signal.SIGTERM)
         await wait_for(lambda: proc.poll() is not None, timeout=20, what="watch exit")
