@@ -241,10 +241,11 @@ class Bench:
     async def _watch(self, consumer: ConsumerProcess, url: str, count: int) -> tuple[Sample, Sample, Sample]:
         """Sample until the queue is empty: (baseline, first, last).
 
-        ``first`` is the first sample showing consumption and ``last`` the empty queue: the rate window. When
-        the whole queue drains between two samples (a fast consumer on a slow-answering emulator), ``first`` is
-        the last sample that still showed it untouched, so the interval is never empty. ``baseline`` is that
-        last untouched sample when there was one (else ``first``): CPU is counted from it, over every message.
+        ``first`` is the first sample showing consumption and ``last`` the empty queue: the rate window.
+        When the whole queue drains between two samples (a fast consumer on a slow-answering emulator),
+        ``first`` is the last sample that still showed it untouched, so the interval is never empty.
+        ``baseline`` is that last untouched sample when there was one (else ``first``): CPU is counted from
+        it, over every message.
         """
         first: Sample | None = None
         untouched: Sample | None = None
