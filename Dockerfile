@@ -15,9 +15,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 # image carries no installer.
 RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
-# Dependencies first, from the lock only: this layer is rebuilt when the pins change, not the code.
+# Dependencies first, from the lock only: this layer is rebuilt when the pins change, not the code. Every pin
+# carries the sha256 of each file published for its version (make lock): pip refuses any other file.
 COPY constraints/runtime.txt constraints/runtime.txt
-RUN python -m pip --python /opt/venv/bin/python install --no-deps \
+RUN python -m pip --python /opt/venv/bin/python install --no-deps --require-hashes \
         -r constraints/runtime.txt
 # Then the source: a wheel built in an isolated build env (hatchling never lands in the image).
 COPY pyproject.toml README.md ./

