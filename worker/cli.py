@@ -18,7 +18,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    sub.add_parser("run", help="consume the configured queue with the configured handler until SIGTERM")
+    sub.add_parser(
+        "run",
+        help="consume the configured queue with the configured handler until SIGTERM",
+        epilog="Settings come from WORKER_* variables (every one in docs/configuration.md); `worker config` "
+        "prints the effective ones and their sources, `worker config --check` validates them.",
+    )
+    config = sub.add_parser(
+        "config",
+        help="print the effective settings of `worker run` and their sources (credentials redacted)",
+        description="Loads the WORKER_* settings exactly as `worker run` does, without connecting anywhere. "
+        "Exit 0 when they are valid, 2 with one line naming the variable when not.",
+    )
+    config_output = config.add_mutually_exclusive_group()
+    config_output.add_argument("--json", action="store_true", help="one JSON object, for tooling")
+    config_output.add_argument(
+        "--check", action="store_true", help='validate only: print "configuration OK" or the error'
+    )
     local = sub.add_parser("localstack", help="start the embedded LocalStack (host mode) in the foreground")
     local.add_argument("--port", type=int, default=None, help="loopback port (default: a free one)")
     demo = sub.add_parser(
@@ -45,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run()
+        if args.command == "config":
+            return _config(as_json=args.json, check=args.check)
         if args.command == "localstack":
             from worker.devkit.localstack import main_foreground
 
@@ -72,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return redrive_main(args, tool_settings)
     except ConfigError as exc:
-        print(f"worker: configuration error: {exc}", file=sys.stderr)
+        from worker.ops.config_view import redact_text
+
+        print(f"worker: configuration error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
@@ -92,4 +112,25 @@ def _run() -> int:
         anyio.run(run_worker, settings)
     except BaseExceptionGroup as group:
         raise (first_of(group, ConfigError) or group) from None
+    return 0
+
+
+def _config(*, as_json: bool, check: bool) -> int:
+    import json
+    import os
+
+    from worker.ops.config_view import config_view, redact_text, render_json, render_text
+    from worker.settings import ENV_PREFIX, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        if as_json:
+            print(json.dumps({"valid": False, "error": redact_text(str(exc))}))
+        raise
+    if check:
+        print("configuration OK")
+        return 0
+    view = config_view(settings, os.environ, ENV_PREFIX)
+    print(render_json(view) if as_json else render_text(view))
     return 0

@@ -1,1 +1,1 @@
-"""Operator tools: `worker dlq` and `worker redrive`."""
+"""Operator tools: `worker config`, `worker dlq` and `worker redrive`."""
