@@ -50,6 +50,16 @@ def documented_metrics() -> dict[str, set[str]]:
     return table
 
 
+def openmetrics_families() -> dict[str, str]:
+    """Family name in the worker's OpenMetrics exposition (what Prometheus keeps metadata under) -> type."""
+    from prometheus_client.openmetrics.exposition import generate_latest
+
+    from worker.telemetry.metrics import Metrics
+
+    text = generate_latest(Metrics().registry).decode()
+    return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+
+
 def _get(port: int, path: str, **params: str) -> Any:
     url = f"http://127.0.0.1:{port}{path}"
     if params:
@@ -173,17 +183,22 @@ async def test_prometheus_scrapes_documented_metrics_and_evaluates_rules_and_das
             assert target["labels"]["job"] == "sqs-worker"
 
             # Names: every documented family is known to Prometheus with the type the worker exports.
+            # Prometheus asks for OpenMetrics and gets it: a counter's family drops `_total` there, an info's
+            # `_info`.
             metadata = await api(port, "/api/v1/metadata")
             documented = documented_metrics()
             assert len(documented) >= 15
+            families = openmetrics_families()
             for family in documented:
-                assert family in metadata, f"{family} never reached Prometheus"
-                assert metadata[family][0]["type"] == exported_families()[family], family
+                names = (family, family.removesuffix("_total"), family.removesuffix("_info"))
+                scraped = next(n for n in names if n in families)
+                assert scraped in metadata, f"{family} never reached Prometheus (as {scraped})"
+                assert metadata[scraped][0]["type"] == families[scraped], family
 
             # Labels: series that exist carry exactly the documented labels (le on buckets); the rest are
             # checked on the worker's own registry.
             for family, labels in documented.items():
-                sample = f"{family}_bucket" if metadata[family][0]["type"] == "histogram" else family
+                sample = f"{family}_bucket" if exported_families()[family] == "histogram" else family
                 series = await api(port, "/api/v1/series", **{"match[]": sample})
                 extra = {"le"} if sample.endswith("_bucket") else set()
                 for item in series:

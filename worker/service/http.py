@@ -1,81 +1,148 @@
-"""The one HTTP port: /metrics, /healthz (liveness), /readyz (readiness). JSON bodies with a reason."""
+"""The one HTTP port, on aiohttp: /metrics, /healthz (liveness), /readyz (readiness); JSON with a reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
-from anyio.abc import SocketStream, TaskStatus
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from anyio.abc import TaskStatus
 
+from worker.telemetry.exposition import render
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger("worker.http")
+#: aiohttp's protocol log. A malformed request is the client's fault (it got its 4xx), and aiohttp would log
+#: it as an error with a traceback quoting the client's bytes: dropped; the server's own failures stay.
+protocol_log = logging.getLogger("worker.http.protocol")
+protocol_log.addFilter(
+    lambda record: not isinstance(record.exc_info and record.exc_info[1], HttpProcessingError)
+)
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+#: Longest request line and longest header field; aiohttp answers 400 past either.
+MAX_LINE_BYTES = 8192
+#: Most header fields in one request (probes and scrapers send a handful).
+MAX_HEADERS = 64
+#: Seconds a connection may go without a complete request head: idle keep-alive, or a head sent too slowly.
+KEEPALIVE_SECONDS = 5.0
+#: Connections kept open at most; one more closes the oldest, so a flood cannot exhaust file descriptors.
+MAX_CONNECTIONS = 512
+#: Seconds in-flight requests get to finish when the server stops.
+SHUTDOWN_SECONDS = 1.0
 
 
-def _response(status: int, body: bytes, content_type: str) -> bytes:
-    head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
-        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-def _json(status: int, ok: bool, reason: str) -> bytes:
+def _json(status: int, ok: bool, reason: str, **headers: str) -> web.Response:
     body = json.dumps({"status": "ok" if ok else "fail", "reason": reason}).encode()
-    return _response(status, body, "application/json")
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+class _BoundedServer(web.Server):
+    """aiohttp's low-level server, holding at most ``max_connections``: a new connection closes the oldest."""
+
+    def __init__(
+        self,
+        handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+        *,
+        max_connections: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        self._open: dict[RequestHandler, None] = {}  # insertion order: oldest first
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        """Track the connection; evict the oldest past the cap (it is the likeliest idle or stalled)."""
+        super().connection_made(handler, transport)
+        self._open[handler] = None
+        if len(self._open) > self.max_connections:
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            oldest.force_close()
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        """Forget the connection."""
+        self._open.pop(handler, None)
+        super().connection_lost(handler, exc)
 
 
 class HttpServer:
-    """A tiny HTTP/1.1 server; enough for probes and Prometheus scrapes, nothing else."""
+    """Probes and Prometheus scrapes on aiohttp's server, with limits against slow and hostile clients."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics, health: Health) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        metrics: Metrics,
+        health: Health,
+        *,
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.host = host
         self.port = port
         self.metrics = metrics
         self.health = health
+        self.keepalive_seconds = keepalive_seconds
+        self.max_connections = max_connections
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Listen; report the bound port through ``task_status`` (useful with port 0)."""
-        listener = await anyio.create_tcp_listener(
-            local_host=self.host, local_port=self.port, reuse_port=False
+        """Listen until cancelled; report the bound port through ``task_status`` (useful with port 0).
+
+        aiohttp runs each connection in a task of its own (not in our task group); ``runner.cleanup()``,
+        shielded and bounded, closes the listening socket and ends them all.
+        """
+        server = _BoundedServer(
+            self.handle,
+            max_connections=self.max_connections,
+            keepalive_timeout=self.keepalive_seconds,
+            max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_LINE_BYTES,
+            max_headers=MAX_HEADERS,
+            access_log=None,
+            logger=protocol_log,
         )
-        async with listener:
-            port = int(listener.extra(anyio.abc.SocketAttribute.local_port))
-            log.info("http listening", extra={"event": "http_listening", "host": self.host, "port": port})
-            task_status.started(port)
-            await listener.serve(self._handle)
+        runner = web.ServerRunner(server, shutdown_timeout=SHUTDOWN_SECONDS)
+        await runner.setup()
+        try:
+            # Port 0 with a host name of several addresses binds each on its own port: the first is reported.
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+            log.info(
+                "http listening", extra={"event": "http_listening", "host": self.host, "port": site.port}
+            )
+            task_status.started(site.port)
+            await anyio.sleep_forever()
+        finally:
+            with anyio.move_on_after(SHUTDOWN_SECONDS + 2, shield=True) as scope:
+                await runner.cleanup()
+            if scope.cancelled_caught:
+                log.warning("http server cleanup timed out", extra={"event": "http_cleanup_timeout"})
 
-    async def _handle(self, stream: SocketStream) -> None:
-        async with stream:
-            try:
-                with anyio.fail_after(10):
-                    request = b""
-                    while b"\r\n\r\n" not in request and len(request) < 16384:
-                        request += await stream.receive(4096)
-                    await stream.send(self.route(request))
-            except (anyio.EndOfStream, anyio.BrokenResourceError, TimeoutError, OSError):
-                return
-
-    def route(self, request: bytes) -> bytes:
-        """The response bytes for one raw request."""
-        line = request.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = line.split(" ")
-        if len(parts) < 2:
-            return _json(404, False, "bad request")
-        method, path = parts[0], parts[1].split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            return _json(405, False, "method not allowed")
-        if path == "/metrics":
-            return _response(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
-        if path == "/healthz":
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """The response to one request (aiohttp leaves the body out for HEAD)."""
+        if request.method not in ("GET", "HEAD"):
+            return _json(405, False, "method not allowed", Allow="GET, HEAD")
+        if request.path == "/metrics":
+            scrape = render(
+                self.metrics.registry,
+                request.headers.get("Accept", ""),
+                request.headers.get("Accept-Encoding", ""),
+            )
+            headers = {"Content-Type": scrape.content_type, "Vary": "Accept, Accept-Encoding"}
+            if scrape.content_encoding:
+                headers["Content-Encoding"] = scrape.content_encoding
+            return web.Response(body=scrape.body, headers=headers)
+        if request.path == "/healthz":
             ok, reason = self.health.liveness()
             return _json(200 if ok else 503, ok, reason)
-        if path == "/readyz":
+        if request.path == "/readyz":
             ok, reason = self.health.readiness()
             return _json(200 if ok else 503, ok, reason)
         return _json(404, False, "not found: try /metrics, /healthz, /readyz")
