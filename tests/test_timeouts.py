@@ -98,6 +98,7 @@ async def test_sync_handler_timeout_abandons_thread_and_frees_its_slot(
         metrics=metrics,
         handler=handler,
         concurrency=1,
+        max_abandoned_threads=2,  # the default (the concurrency, 1) would pause receiving at this timeout
         timeout_seconds=TIMEOUT,
         max_attempts=3,
         immediate_retries=0,

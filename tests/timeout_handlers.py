@@ -84,6 +84,34 @@ def blocking(message: Message) -> Any:
     return {"blocked": False}
 
 
+#: Gates of ``gated``, by body ``key``: its first run blocks its thread until the test sets the gate.
+GATES: dict[str, threading.Event] = {}
+#: The longest a gated thread waits for its gate, so a failed test cannot leave it blocked for good.
+GATE_TIMEOUT = 60.0
+
+
+def gate(key: str) -> threading.Event:
+    """The gate of ``key``'s first run (created on first use); set it to let that thread return."""
+    with _lock:
+        return GATES.setdefault(key, threading.Event())
+
+
+def gated(message: Message) -> Any:
+    """A plain def: with ``hold`` in its body, its first receive blocks on ``gate(key)``, records "after".
+
+    Other messages and later receives return at once ("done"), so a message whose blocked thread was
+    abandoned can succeed.
+    """
+    record("start", message)
+    doc = message.json()
+    if doc.get("hold") and message.receive_count == 1:
+        gate(str(doc["key"])).wait(GATE_TIMEOUT)
+        record("after", message)
+        return {"blocked": True}
+    record("done", message)
+    return {"blocked": False}
+
+
 async def always_fails(message: Message) -> Any:
     """Records "start" and raises: every invocation is a transient failure."""
     record("start", message)

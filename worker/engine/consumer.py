@@ -16,6 +16,7 @@ from worker.aws.queues import receive
 from worker.backoff import Backoff
 from worker.engine.message import Message, parse_or_fallback, sent_timestamp_ms
 from worker.engine.processor import Processor
+from worker.engine.threads import AbandonedThreads
 from worker.limits import SQS_BATCH_MAX
 from worker.settings import Settings
 from worker.telemetry.health import Health
@@ -35,23 +36,40 @@ OVER_LIMIT_CODES = frozenset({"OverLimit", "AWS.SimpleQueueService.OverLimit"})
 
 
 class Slots:
-    """Counts in-flight messages against the concurrency limit; pollers reserve before receiving."""
+    """Counts in-flight messages against the concurrency limit; pollers reserve before receiving.
 
-    def __init__(self, limit: int) -> None:
+    With ``threads``, abandoned handler threads past their limit hold slots too, and nothing is reserved
+    while the limit of abandoned threads is reached (``threads.paused``) until ``close()``.
+    """
+
+    def __init__(self, limit: int, threads: AbandonedThreads | None = None) -> None:
         self.limit = limit
         self.used = 0
+        self.threads = threads
+        self.closed = False
         #: Set by release() while a poller waits for capacity (None: nobody waits, nothing to wake).
         self._freed: anyio.Event | None = None
+        if threads is not None:
+            threads.on_change(self.wake)
+
+    def _free(self) -> int:
+        if self.threads is None:
+            return self.limit - self.used
+        if self.threads.paused:
+            return 0
+        return self.limit - self.used - self.threads.slots_taken
 
     async def reserve(self, most: int, health: Health) -> int:
-        """Wait for at least one free slot, then take up to ``most``."""
-        while self.used >= self.limit:
+        """Wait for at least one free slot, then take up to ``most`` (0 once closed)."""
+        while self._free() <= 0:
+            if self.closed:
+                return 0
             health.turned()  # waiting for capacity is a healthy loop
             if self._freed is None:
                 self._freed = anyio.Event()
             with anyio.move_on_after(1.0):
                 await self._freed.wait()
-        taken = min(most, self.limit - self.used)
+        taken = min(most, self._free())
         self.used += taken
         return taken
 
@@ -60,9 +78,18 @@ class Slots:
         if count <= 0:
             return
         self.used -= count
+        self.wake()
+
+    def wake(self) -> None:
+        """Make waiting pollers look again (slots freed, an abandoned thread returned, closing)."""
         if self._freed is not None:
             self._freed.set()
             self._freed = None
+
+    def close(self) -> None:
+        """Pollers waiting for capacity return with nothing: the worker stops."""
+        self.closed = True
+        self.wake()
 
 
 def group_entries(items: Sequence[tuple[Message, Any]], fifo: bool) -> list[list[tuple[Message, Any]]]:
@@ -89,7 +116,14 @@ class Consumer:
     """Owns the pollers and message tasks of one queue."""
 
     def __init__(
-        self, *, settings: Settings, client: SQSClient, processor: Processor, metrics: Metrics, health: Health
+        self,
+        *,
+        settings: Settings,
+        client: SQSClient,
+        processor: Processor,
+        metrics: Metrics,
+        health: Health,
+        threads: AbandonedThreads,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -97,7 +131,9 @@ class Consumer:
         self.metrics = metrics
         self.health = health
         self.queue = processor.queue
-        self.slots = Slots(settings.concurrency)
+        self.slots = Slots(settings.concurrency, threads)
+        metrics.abandoned_threads.labels(self.queue).set_function(lambda: threads.count)
+        metrics.abandoned_threads_limit.labels(self.queue).set(threads.limit)
         self.stopping = anyio.Event()
         #: Runners waiting for their next group (LIFO), and whether they may wait any more.
         self._idle: list[_Runner] = []
@@ -110,6 +146,7 @@ class Consumer:
     def stop(self) -> None:
         """Stop polling; receives in flight still return and what they bring is given back."""
         self.stopping.set()
+        self.slots.close()  # a poller held back by abandoned threads must not wait for them
         self.processor.drain()
 
     @property

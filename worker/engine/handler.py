@@ -13,6 +13,7 @@ import anyio.to_thread
 from pydantic import BaseModel
 
 from worker.engine.message import Message
+from worker.engine.threads import AbandonedThreads
 from worker.errors import ConfigError
 
 Invoke = Callable[[Message], Awaitable[object]]
@@ -35,11 +36,28 @@ class UserCallable:
     target: Callable[..., Any]
     is_async: bool
 
-    async def call(self, argument: object, limiter: anyio.CapacityLimiter) -> object:
-        """Call with one argument; a plain function runs in a worker thread (abandoned if cancelled)."""
+    async def call(
+        self, argument: object, limiter: anyio.CapacityLimiter, abandoned: AbandonedThreads | None = None
+    ) -> object:
+        """Call with one argument; a plain function runs in a worker thread (abandoned if cancelled).
+
+        With ``abandoned``, a thread left running by a cancellation is counted there until it returns.
+        """
         if self.is_async:
             return await self.fn(argument)
-        result = await anyio.to_thread.run_sync(self.fn, argument, abandon_on_cancel=True, limiter=limiter)
+        if abandoned is None:
+            result = await anyio.to_thread.run_sync(
+                self.fn, argument, abandon_on_cancel=True, limiter=limiter
+            )
+        else:
+            watched = abandoned.watch(self.fn)
+            try:
+                result = await anyio.to_thread.run_sync(
+                    watched, argument, abandon_on_cancel=True, limiter=limiter
+                )
+            except anyio.get_cancelled_exc_class():
+                abandoned.abandon(watched)
+                raise
         if inspect.isawaitable(result):  # a plain def that returned a coroutine
             return await result
         return result
@@ -86,13 +104,21 @@ def _model_parameter(fn: Callable[..., Any]) -> type[BaseModel] | None:
 
 
 def load_handler(
-    path: str, *, thread_limiter: anyio.CapacityLimiter, variable: str = "WORKER_HANDLER"
+    path: str,
+    *,
+    thread_limiter: anyio.CapacityLimiter,
+    variable: str = "WORKER_HANDLER",
+    abandoned: AbandonedThreads | None = None,
 ) -> LoadedHandler:
-    """Resolve the handler; a first parameter typed with a pydantic model receives the validated payload."""
+    """Resolve the handler; a first parameter typed with a pydantic model receives the validated payload.
+
+    A plain ``def`` handler's threads abandoned at their deadline are counted in ``abandoned``.
+    """
     user = import_callable(path, variable)
     model = _model_parameter(user.target)
 
     async def invoke(message: Message) -> object:
-        return await user.call(message.model(model) if model is not None else message, thread_limiter)
+        argument = message.model(model) if model is not None else message
+        return await user.call(argument, thread_limiter, abandoned)
 
     return LoadedHandler(path=path, invoke=invoke)

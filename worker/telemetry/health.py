@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -20,6 +21,8 @@ class Health:
     started: bool = False
     #: poller index -> monotonic time by which its outstanding receive should have answered
     polls_due: dict[int, float] = field(default_factory=dict)
+    #: Why the pollers hold back receiving (read live; None or a None result: they do not).
+    receive_paused: Callable[[], str | None] | None = None
 
     def poll_begun(self, poller: int, due: float) -> None:
         """A receive went out and should answer by ``due`` (long-poll wait plus a margin)."""
@@ -54,11 +57,14 @@ class Health:
         return True, "poll loop turning"
 
     def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): SQS reachable and not draining."""
+        """(ready, reason): SQS reachable, receiving (not paused) and not draining."""
         if self.draining:
             return False, "draining"
         if not self.started:
             return False, "starting"
+        paused = self.receive_paused() if self.receive_paused is not None else None
+        if paused is not None:
+            return False, paused
         now = anyio.current_time()
         overdue = [due for due in self.polls_due.values() if now > due]
         if overdue:

@@ -56,6 +56,18 @@ class Metrics:
         self.concurrency_limit = Gauge(
             "worker_concurrency_limit", "Configured maximum of messages in flight.", ["queue"], registry=r
         )
+        self.abandoned_threads = Gauge(
+            "worker_abandoned_threads",
+            "Threads of timed-out plain def handlers still running (abandoned at their deadline).",
+            ["queue"],
+            registry=r,
+        )
+        self.abandoned_threads_limit = Gauge(
+            "worker_abandoned_threads_limit",
+            "WORKER_MAX_ABANDONED_THREADS: receiving pauses while this many (when above 0) still run.",
+            ["queue"],
+            registry=r,
+        )
         self.message_age = Histogram(
             "worker_message_age_seconds",
             "Age of a message when received (sent to received).",
