@@ -363,7 +363,10 @@ async def test_each_kind_receives_the_right_record_for_every_condition(
     assert [r["requestContext"]["condition"] for r in success_records] == ["Success"]
     check_record(success_records[0], by_id[Condition.SUCCESS], ids[Condition.SUCCESS], q["url"])
     got = {r["requestContext"]["condition"]: r for r in failure_records}
-    assert sorted(got) == sorted(c.value for c in Condition if c is not Condition.SUCCESS)
+    # MaxAgeExceeded needs a message older than the age cap: tests/test_max_age.py dead-letters one and
+    # checks its DLQ record; its destination record comes from the same outcome code as every condition here.
+    untested = {Condition.SUCCESS, Condition.MAX_AGE_EXCEEDED}
+    assert sorted(got) == sorted(c.value for c in Condition if c not in untested)
     for condition, record in got.items():
         check_record(record, by_id[Condition(condition)], ids[Condition(condition)], q["url"])
     # Nothing else arrived, and each delivery was counted once.

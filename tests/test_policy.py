@@ -530,3 +530,159 @@ def test_simulated_default_life_shape() -> None:
     """Default config: delivery 1 runs twice, deliveries 2-4 once: 5 runs over 4 deliveries."""
     life = simulate(DEFAULT, [HandlerResult.ERROR], set(), 0.5)
     assert (life.invocations, life.deliveries) == (5, 4)
+
+
+# --- the age cap (WORKER_MAX_MESSAGE_AGE_SECONDS) --------------------------------------------------------
+
+CAPPED = RetryConfig(max_message_age_seconds=60.0)
+ages = st.one_of(st.none(), st.floats(0.0, 2_000_000.0))
+caps = st.one_of(st.none(), st.floats(0.001, 1_209_600.0))
+
+
+def test_age_cap_is_off_by_default() -> None:
+    """Without a cap, however old the message, a failed attempt is retried as before."""
+    assert RetryConfig().max_message_age_seconds is None
+    old = Attempt(HandlerResult.ERROR, 2, message_age_seconds=10**9)
+    assert isinstance(decide(old, DEFAULT), RetryAfter)
+
+
+@pytest.mark.parametrize("outcome", TRANSIENT)
+@pytest.mark.parametrize("receive_count", [1, 2])
+def test_failed_attempt_at_the_cap_dead_letters_max_age_exceeded(
+    outcome: HandlerResult, receive_count: int
+) -> None:
+    """At or past the cap, a transient failure is MaxAgeExceeded: no immediate or delayed retry."""
+    for age in (60.0, 61.0, 10**7):
+        attempt = Attempt(outcome, receive_count, retry_later_delay=5.0, message_age_seconds=age)
+        assert decide(attempt, CAPPED) == DeadLetter(Condition.MAX_AGE_EXCEEDED)
+    assert Condition.MAX_AGE_EXCEEDED.value == "MaxAgeExceeded"
+
+
+@pytest.mark.parametrize("outcome", TRANSIENT)
+def test_below_the_cap_or_unknown_age_retries(outcome: HandlerResult) -> None:
+    """Below the cap, or with no known age (no SentTimestamp), the decision is the uncapped one."""
+    for age in (None, 0.0, 59.999):
+        attempt = Attempt(outcome, 1, retry_later_delay=5.0, message_age_seconds=age)
+        assert decide(attempt, CAPPED) == decide(attempt, DEFAULT)
+        assert not isinstance(decide(attempt, CAPPED), DeadLetter)
+
+
+def test_success_and_terminal_outcomes_ignore_the_cap() -> None:
+    """Past the cap a success still acks, and a terminal error keeps its own condition."""
+    assert decide(Attempt(HandlerResult.SUCCESS, 3, message_age_seconds=600.0), CAPPED) == Ack()
+    for outcome, condition in [
+        (HandlerResult.PERMANENT, Condition.PERMANENT_ERROR),
+        (HandlerResult.DECODE, Condition.DECODE_ERROR),
+        (HandlerResult.SCHEMA, Condition.SCHEMA_ERROR),
+    ]:
+        assert decide(Attempt(outcome, 1, message_age_seconds=600.0), CAPPED) == DeadLetter(condition)
+
+
+def test_exhausted_attempts_take_precedence_over_the_cap() -> None:
+    """Attempts exhausted and age exceeded together: RetriesExhausted (Timeout after a timeout) wins."""
+    config = RetryConfig(max_attempts=2, max_message_age_seconds=60.0)
+    assert decide(Attempt(HandlerResult.ERROR, 2, message_age_seconds=99.0), config) == DeadLetter(
+        Condition.RETRIES_EXHAUSTED
+    )
+    assert decide(Attempt(HandlerResult.TIMEOUT, 2, message_age_seconds=99.0), config) == DeadLetter(
+        Condition.TIMEOUT
+    )
+
+
+@given(
+    config=configs,
+    cap=caps,
+    age=ages,
+    outcome=st.sampled_from(sorted(HandlerResult)),
+    receive_count=st.integers(1, 60),
+    done=st.integers(0, 6),
+    handed_back=st.integers(0, 5),
+    delay=st.one_of(st.none(), st.floats(0.0, 50_000.0)),
+    jitter=jitters,
+    since=elapsed,
+)
+@PROPS
+def test_the_cap_only_turns_retries_into_max_age_exceeded(
+    config: RetryConfig,
+    cap: float | None,
+    age: float | None,
+    outcome: HandlerResult,
+    receive_count: int,
+    done: int,
+    handed_back: int,
+    delay: float | None,
+    jitter: float,
+    since: float,
+) -> None:
+    """With a cap, the decision is the uncapped one, except that a retry at age >= cap is MaxAgeExceeded."""
+    capped = RetryConfig(
+        max_attempts=config.max_attempts,
+        immediate_retries=config.immediate_retries,
+        backoff_base_seconds=config.backoff_base_seconds,
+        backoff_max_seconds=config.backoff_max_seconds,
+        max_message_age_seconds=cap,
+    )
+    attempt = Attempt(
+        outcome,
+        receive_count,
+        immediate_retries_done=done,
+        retry_later_delay=delay,
+        seconds_since_receive=since,
+        jitter=jitter,
+        handed_back=handed_back,
+        message_age_seconds=age,
+    )
+    uncapped = decide(attempt, config)
+    decision = decide(attempt, capped)
+    over = cap is not None and age is not None and age >= cap
+    if over and isinstance(uncapped, RetryNow | RetryAfter):
+        assert decision == DeadLetter(Condition.MAX_AGE_EXCEEDED)
+    else:
+        assert decision == uncapped
+
+
+@given(config=configs, cap=st.floats(0.001, 10_000.0), step=st.floats(0.0, 5_000.0), jitter=jitters)
+@PROPS
+def test_simulated_aging_life_runs_at_least_once_and_ends_in_the_dlq(
+    config: RetryConfig, cap: float, step: float, jitter: float
+) -> None:
+    """A failing message aging ``step`` s per delivery runs 1..max_attempts times, then is dead-lettered."""
+    capped = RetryConfig(
+        max_attempts=config.max_attempts,
+        immediate_retries=config.immediate_retries,
+        backoff_base_seconds=config.backoff_base_seconds,
+        backoff_max_seconds=config.backoff_max_seconds,
+        max_message_age_seconds=cap,
+    )
+    invocations, receive_count = 0, 0
+    while True:
+        receive_count += 1
+        age = step * (receive_count - 1)
+        done = 0
+        while True:
+            invocations += 1
+            decision = decide(
+                Attempt(HandlerResult.ERROR, receive_count, done, None, 0.0, jitter, 0, age), capped
+            )
+            if not isinstance(decision, RetryNow):
+                break
+            done += 1
+        if isinstance(decision, DeadLetter):
+            break
+        assert isinstance(decision, RetryAfter)
+    assert 1 <= invocations <= config.max_attempts
+    exhausted = attempts_made(receive_count, done, capped) >= config.max_attempts
+    expected = Condition.RETRIES_EXHAUSTED if exhausted else Condition.MAX_AGE_EXCEEDED
+    assert decision.condition is expected
+    if not exhausted:
+        assert age >= cap  # dead-lettered by age only once the cap is reached
+
+
+def test_message_already_past_the_cap_still_runs_once() -> None:
+    """A message that arrives past its cap is not dead-lettered unrun: its first failure decides."""
+    # The policy decides only after an invocation: the processor calls decide() once the handler ran.
+    first = decide(
+        Attempt(HandlerResult.RETRY_LATER, 1, retry_later_delay=1.0, message_age_seconds=1e6), CAPPED
+    )
+    assert first == DeadLetter(Condition.MAX_AGE_EXCEEDED)
+    assert attempts_made(1, 0, CAPPED) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -9,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from worker.errors import ConfigError
-from worker.settings import Settings, load_settings
+from worker.settings import Settings, derived_wait_seconds, load_settings
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 DLQ = "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq"
@@ -56,6 +60,17 @@ BAD: dict[str, Bad] = {
     "log format unknown": Bad({"WORKER_LOG_FORMAT": "xml"}, "WORKER_LOG_FORMAT"),
     "http port too big": Bad({"WORKER_HTTP_PORT": "70000"}, "WORKER_HTTP_PORT"),
     "two bad variables": Bad({"WORKER_CONCURRENCY": "0", "WORKER_HTTP_PORT": "70000"}, "WORKER_CONCURRENCY"),
+    "wait not below explicit shutdown": Bad(
+        {"WORKER_WAIT_TIME_SECONDS": "10", "WORKER_SHUTDOWN_TIMEOUT_SECONDS": "10"},
+        "WORKER_WAIT_TIME_SECONDS",
+    ),
+    "max message age zero": Bad({"WORKER_MAX_MESSAGE_AGE_SECONDS": "0"}, "WORKER_MAX_MESSAGE_AGE_SECONDS"),
+    "max message age above 14 days": Bad(
+        {"WORKER_MAX_MESSAGE_AGE_SECONDS": "1209601"}, "WORKER_MAX_MESSAGE_AGE_SECONDS"
+    ),
+    "permanent errors entry without colon": Bad(
+        {"WORKER_PERMANENT_ERRORS": "builtins:KeyError,KeyError"}, "WORKER_PERMANENT_ERRORS"
+    ),
 }
 
 
@@ -255,3 +270,114 @@ def test_settings_are_frozen(env: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="frozen"):
         settings.concurrency = 1
     assert isinstance(settings, Settings)
+
+
+# --- defaults that adapt: the long-poll wait follows the drain budget unless set ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("budget", "wait"),
+    [
+        ("30", 10),
+        ("20", 10),
+        ("19.9", 9),
+        ("10", 5),
+        ("3", 1),
+        ("2", 1),
+        ("1.99", 0),
+        ("0.5", 0),
+        ("inf", 10),
+    ],
+)
+def test_unset_wait_is_derived_from_the_shutdown_budget(
+    env: pytest.MonkeyPatch, budget: str, wait: int
+) -> None:
+    """WAIT_TIME_SECONDS unset: min(10, floor(SHUTDOWN_TIMEOUT_SECONDS / 2)); a budget alone never fails."""
+    env.setenv("WORKER_SHUTDOWN_TIMEOUT_SECONDS", budget)
+    settings = load_settings()
+    assert settings.wait_time_seconds == wait
+    assert type(settings.wait_time_seconds) is int  # every caller does arithmetic with it
+    assert "wait_time_seconds" not in settings.model_fields_set
+
+
+def test_shutdown_timeout_of_ten_alone_starts(env: pytest.MonkeyPatch) -> None:
+    """WORKER_SHUTDOWN_TIMEOUT_SECONDS=10 alone is valid: the default wait (10) no longer refuses it."""
+    env.setenv("WORKER_SHUTDOWN_TIMEOUT_SECONDS", "10")
+    settings = load_settings()
+    assert (settings.wait_time_seconds, settings.shutdown_timeout_seconds) == (5, 10.0)
+
+
+def test_explicit_wait_is_kept_and_checked(env: pytest.MonkeyPatch) -> None:
+    """An explicit wait is used as it is (10 with a 10.5 s budget), and refused only when not below it."""
+    env.setenv("WORKER_SHUTDOWN_TIMEOUT_SECONDS", "10.5")
+    env.setenv("WORKER_WAIT_TIME_SECONDS", "10")
+    assert load_settings().wait_time_seconds == 10
+    assert load_settings(wait_time_seconds=0).wait_time_seconds == 0
+    env.setenv("WORKER_SHUTDOWN_TIMEOUT_SECONDS", "10")
+    with pytest.raises(ConfigError, match=r"^WORKER_WAIT_TIME_SECONDS \(10\) must be below WORKER_SHUTDOWN"):
+        load_settings()
+
+
+def test_explicit_wait_with_default_budget(env: pytest.MonkeyPatch) -> None:
+    """An explicit wait with the default 30 s budget is never refused (the wait is at most 20)."""
+    env.setenv("WORKER_WAIT_TIME_SECONDS", "20")
+    settings = load_settings()
+    assert (settings.wait_time_seconds, settings.shutdown_timeout_seconds) == (20, 30.0)
+
+
+@given(budget=st.floats(min_value=1e-6, max_value=1e7, allow_nan=False))
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_derived_wait_always_below_budget_and_at_most_half(budget: float) -> None:
+    """The derived wait is an int in [0, 10], below the budget, at most half of it, 0 only below 2 s."""
+    wait = derived_wait_seconds(budget)
+    assert isinstance(wait, int)
+    assert 0 <= wait <= 10
+    assert wait < budget
+    assert wait <= budget / 2
+    assert (wait == 0) == (budget < 2)
+    assert wait == min(10, math.floor(budget / 2))
+
+
+# --- the age cap and permanent error types --------------------------------------------------------------
+
+
+def test_max_age_and_permanent_errors_read(env: pytest.MonkeyPatch) -> None:
+    """WORKER_MAX_MESSAGE_AGE_SECONDS (off by default) and the comma-separated WORKER_PERMANENT_ERRORS."""
+    settings = load_settings()
+    assert (settings.max_message_age_seconds, settings.permanent_errors) == (None, [])
+    env.setenv("WORKER_MAX_MESSAGE_AGE_SECONDS", "1209600")
+    env.setenv("WORKER_PERMANENT_ERRORS", " builtins:KeyError , json.decoder:JSONDecodeError,, ")
+    settings = load_settings()
+    assert settings.max_message_age_seconds == 1_209_600
+    assert settings.permanent_errors == ["builtins:KeyError", "json.decoder:JSONDecodeError"]
+
+
+def test_run_without_a_region_exits_2_with_one_line(tmp_path: Path) -> None:
+    """`worker run` with no AWS region anywhere exits 2 with one line naming AWS_REGION, not a traceback."""
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("WORKER_", "AWS_"))}
+    env.update(
+        AWS_CONFIG_FILE=str(empty),
+        AWS_SHARED_CREDENTIALS_FILE=str(empty),
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",  # nothing listens there: a stray call could reach nobody
+        WORKER_QUEUE_URL="http://127.0.0.1:9/000000000000/q",
+        WORKER_DLQ_URL="http://127.0.0.1:9/000000000000/q-dlq",
+        WORKER_HANDLER="builtins:print",
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines() == [
+        "worker: configuration error: no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or region in the "
+        "AWS config profile)"
+    ]

@@ -6,6 +6,7 @@ AWS endpoint, region and credentials are deliberately absent: botocore reads the
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -23,8 +24,13 @@ HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 MAX_WAIT_SECONDS = 20
 #: In-flight limit of a standard queue; FIFO's is 120,000 as well since 2024 (20,000 before).
 MAX_CONCURRENCY = 120_000
+#: The long-poll wait when WAIT_TIME_SECONDS is unset and the drain budget allows it.
+DEFAULT_WAIT_SECONDS = 10
+#: SQS keeps a message 14 days at most (MessageRetentionPeriod's upper bound).
+SQS_MAX_RETENTION_SECONDS = 1_209_600
 
 DestinationList = Annotated[list[str], NoDecode]
+TypePathList = Annotated[list[str], NoDecode]
 
 
 def _split_uris(value: object) -> object:
@@ -59,12 +65,26 @@ class Settings(BaseSettings):
         le=MAX_CONCURRENCY,
         description="Messages in flight at most (independent of the receive batch size of 10).",
     )
+    max_abandoned_threads: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_CONCURRENCY,
+        description=(
+            "Threads of timed-out plain `def` handlers still running (Python cannot kill them) at which "
+            "the worker stops receiving (/readyz 503) until some return. Unset: WORKER_CONCURRENCY. 0: "
+            "each such thread keeps a concurrency slot until it returns."
+        ),
+    )
     pollers: int = Field(default=2, ge=1, le=64, description="Concurrent long-poll loops.")
     wait_time_seconds: int = Field(
-        default=10,
+        default=DEFAULT_WAIT_SECONDS,
         ge=0,
         le=MAX_WAIT_SECONDS,
-        description="Long-poll wait of each ReceiveMessage; must be below the shutdown timeout.",
+        description=(
+            "Long-poll wait of each ReceiveMessage; must be below the shutdown timeout. Unset: "
+            "min(10, floor(WORKER_SHUTDOWN_TIMEOUT_SECONDS / 2)), so a poll in flight at shutdown takes at "
+            "most half the drain budget (0, short polling, only for a budget below 2 s)."
+        ),
     )
     timeout_seconds: float = Field(
         default=30.0,
@@ -79,6 +99,22 @@ class Settings(BaseSettings):
     )
     immediate_retries: int = Field(
         default=1, ge=0, le=100, description="In-process retries on a message's first delivery."
+    )
+    max_message_age_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=SQS_MAX_RETENTION_SECONDS,
+        description=(
+            "Age cap counted from the message's first send (kept through redrives): a failed attempt "
+            "past it dead-letters with `MaxAgeExceeded` instead of a retry. Unset: no cap."
+        ),
+    )
+    permanent_errors: TypePathList = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated exception types (`pkg.module:Error`, subclasses included) dead-lettered at "
+            "once as `PermanentError`; each must import and be an Exception (checked at start-up)."
+        ),
     )
     backoff_base_seconds: float = Field(
         default=2.0, gt=0, description="Base of the exponential backoff of delayed retries."
@@ -158,6 +194,19 @@ class Settings(BaseSettings):
     def _uris(cls, value: object) -> object:
         return _split_uris(value)
 
+    @field_validator("permanent_errors", mode="before")
+    @classmethod
+    def _type_paths(cls, value: object) -> object:
+        return _split_uris(value)
+
+    @field_validator("permanent_errors")
+    @classmethod
+    def _valid_type_paths(cls, value: list[str]) -> list[str]:
+        for path in value:  # the imports themselves are checked at start-up (worker run)
+            if not HANDLER_PATTERN.fullmatch(path):
+                raise ValueError(f"entry {path!r} must look like pkg.module:ExceptionType")
+        return value
+
     @field_validator("on_success", "on_failure")
     @classmethod
     def _valid_destinations(cls, value: list[str]) -> list[str]:
@@ -167,6 +216,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
+        if "wait_time_seconds" not in self.model_fields_set:
+            # Derived, not refused: only a wait the user set explicitly can conflict with the drain budget.
+            # Written once, while validating, before anyone holds the (frozen) object.
+            object.__setattr__(self, "wait_time_seconds", derived_wait_seconds(self.shutdown_timeout_seconds))
         if self.backoff_base_seconds > self.backoff_max_seconds:
             raise ConfigError(
                 f"{ENV_PREFIX}BACKOFF_BASE_SECONDS ({self.backoff_base_seconds}) is above "
@@ -190,6 +243,18 @@ class Settings(BaseSettings):
     def is_fifo(self) -> bool:
         """True when the source queue is a FIFO queue."""
         return self.queue_url.endswith(".fifo")
+
+    @property
+    def abandoned_threads_limit(self) -> int:
+        """WORKER_MAX_ABANDONED_THREADS, or the concurrency when unset."""
+        return self.concurrency if self.max_abandoned_threads is None else self.max_abandoned_threads
+
+
+def derived_wait_seconds(shutdown_timeout_seconds: float) -> int:
+    """WAIT_TIME_SECONDS when unset: min(10, floor(budget / 2)); 0 (short polls) only below a 2 s budget."""
+    if shutdown_timeout_seconds >= 2 * DEFAULT_WAIT_SECONDS:  # also an infinite budget (floor would raise)
+        return DEFAULT_WAIT_SECONDS
+    return math.floor(shutdown_timeout_seconds / 2)
 
 
 def env_name(field: str) -> str:

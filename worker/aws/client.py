@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
 from worker.aws.useragent import cache_user_agent
+from worker.errors import ConfigError
 
 if TYPE_CHECKING:  # the client types come from types-aiobotocore, a development dependency
     from types_aiobotocore_events.client import EventBridgeClient
@@ -63,7 +64,13 @@ async def create_client(
     kwargs: dict[str, Any] = {"config": config or client_config()}
     if endpoint_url is not None:
         kwargs["endpoint_url"] = endpoint_url
-    async with session.create_client(cast(Any, service), **kwargs) as client:
+    async with AsyncExitStack() as stack:
+        try:
+            client = await stack.enter_async_context(session.create_client(cast(Any, service), **kwargs))
+        except NoRegionError:
+            raise ConfigError(
+                "no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or region in the AWS config profile)"
+            ) from None
         cache_user_agent(client)
         yield client
 

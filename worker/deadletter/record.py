@@ -19,7 +19,7 @@ from typing import Any
 from worker._version import __version__
 from worker.engine.message import Message, MessageAttribute
 from worker.limits import SQS_MAX_ATTRIBUTES, SQS_MAX_MESSAGE_BYTES
-from worker.timestamps import iso_utc
+from worker.timestamps import iso_utc, parse_iso
 
 log = logging.getLogger("worker.deadletter")
 
@@ -51,7 +51,10 @@ class FailureRecord:
     handler_version: str
     dead_lettered_at: str
     first_received_at: str | None = None
+    #: SentTimestamp of the copy that was dead-lettered (a redriven copy has its own).
     sent_at: str | None = None
+    #: When the message was first sent, kept through redrives (WORKER_MAX_MESSAGE_AGE_SECONDS counts from it).
+    first_sent_at: str | None = None
     worker_version: str = __version__
     redrive_count: int = 0
     #: Receives this worker handed back without running the handler (not counted in ``attempts``).
@@ -121,10 +124,40 @@ def failure_record(
         dead_lettered_at=iso_utc(now) or "",
         first_received_at=iso_utc(message.first_received_at),
         sent_at=iso_utc(message.sent_at),
+        first_sent_at=iso_utc(first_sent_time(previous, message.sent_at)),
         redrive_count=redrive_count,
         handed_back=handed_back,
         history=history,
     )
+
+
+#: The times a record names, each no earlier than the message's first send.
+_RECORD_TIMES = ("first_sent_at", "sent_at", "first_received_at", "dead_lettered_at", "redriven_at")
+
+
+def first_sent_time(record: FailureRecord | None, fallback: datetime | None) -> datetime | None:
+    """When the message was first sent: the record's ``first_sent_at``, else ``fallback`` (this copy's send).
+
+    A record written before ``first_sent_at`` existed gives the oldest time it or its history names (each is
+    at or after the first send, so the oldest is the closest); ``fallback`` only when it names none.
+    """
+    if record is None:
+        return fallback
+    kept = parse_iso(record.first_sent_at)
+    if kept is not None:
+        return kept
+    found = [
+        when
+        for entry in (asdict(record), *record.history)
+        for name in _RECORD_TIMES
+        if (when := parse_iso(entry.get(name))) is not None
+    ]
+    return min(found) if found else fallback
+
+
+def message_first_sent(message: Message) -> datetime | None:
+    """When ``message`` was first sent: from the record a redriven copy carries, else its SentTimestamp."""
+    return first_sent_time(read_failure(message.sqs_attributes), message.sent_at)
 
 
 def _encode_attribute(attr: MessageAttribute) -> dict[str, str]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from worker.engine import policy
+from worker.engine.handler import import_object
 from worker.engine.message import Message
-from worker.errors import DecodeError, PermanentError, RetryLater, SchemaError
+from worker.errors import ConfigError, DecodeError, PermanentError, RetryLater, SchemaError
 
 log = logging.getLogger("worker.processor")
 
@@ -22,8 +25,34 @@ class Failure:
     error: BaseException | None = None
 
 
-def classify(exc: BaseException) -> policy.HandlerResult:
-    """Map a handler exception to a policy outcome."""
+#: Exception types ``WORKER_PERMANENT_ERRORS`` names, resolved once at start-up.
+PermanentTypes = tuple[type[Exception], ...]
+
+
+def load_permanent_errors(paths: Sequence[str], variable: str = "WORKER_PERMANENT_ERRORS") -> PermanentTypes:
+    """Import each ``pkg.module:Error``; a ConfigError names ``variable`` and the entry that is not one."""
+    found: list[type[Exception]] = []
+    for path in paths:
+        entry = f"{variable} entry {path!r}"
+        try:
+            obj = import_object(path, entry)
+        except ConfigError:
+            raise
+        except Exception as exc:  # the module itself failed while importing: still one line, no traceback
+            first_line = next(iter(str(exc).splitlines()), "")
+            raise ConfigError(f"{entry}: importing it raised {type(exc).__name__}: {first_line}") from None
+        if not (inspect.isclass(obj) and issubclass(obj, Exception)):
+            raise ConfigError(f"{entry}: not an Exception subclass")
+        found.append(obj)
+    return tuple(found)
+
+
+def classify(exc: BaseException, permanent: PermanentTypes = ()) -> policy.HandlerResult:
+    """Map a handler exception to a policy outcome; ``permanent`` types (subclasses too) are PERMANENT.
+
+    The worker's own types decide first: a ``RetryLater`` stays a retry even when ``permanent`` names one of
+    its bases (``Exception``, say).
+    """
     if isinstance(exc, PermanentError):
         return policy.HandlerResult.PERMANENT
     if isinstance(exc, SchemaError):
@@ -32,6 +61,8 @@ def classify(exc: BaseException) -> policy.HandlerResult:
         return policy.HandlerResult.DECODE
     if isinstance(exc, RetryLater):
         return policy.HandlerResult.RETRY_LATER
+    if permanent and isinstance(exc, permanent):
+        return policy.HandlerResult.PERMANENT
     return policy.HandlerResult.ERROR
 
 

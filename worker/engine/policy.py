@@ -6,7 +6,9 @@ so every branch is unit- and property-testable.
 Attempts are counted from SQS's ``ApproximateReceiveCount`` (it survives restarts) less the receives this
 worker handed back unprocessed, plus the immediate retries of the first delivery. The policy only ever
 decides after a handler invocation: a message whose count says "exhausted" still runs once (its final
-attempt), so a dead-letter record always carries a real error from a real invocation.
+attempt), so a dead-letter record always carries a real error from a real invocation. The age cap
+(``max_message_age_seconds``) is checked there too, after a failed invocation, never before one: a message
+that arrives already too old still runs once.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Condition(StrEnum):
     PERMANENT_ERROR = "PermanentError"
     DECODE_ERROR = "DecodeError"
     SCHEMA_ERROR = "SchemaError"
+    MAX_AGE_EXCEEDED = "MaxAgeExceeded"
 
 
 _TERMINAL_CONDITION = {
@@ -65,6 +68,8 @@ class RetryConfig:
     immediate_retries: int = 1
     backoff_base_seconds: float = 2.0
     backoff_max_seconds: float = 300.0
+    #: A failed attempt on a message at least this old (since its first send) dead-letters; None: no cap.
+    max_message_age_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +84,8 @@ class Attempt:
     jitter: float = 1.0  # a draw from uniform[0, 1), supplied by the caller
     #: Earlier receives of this message that ran no handler (hand-backs this worker made).
     handed_back: int = 0
+    #: Seconds since the message was first sent (through redrives); None when unknown or not measured.
+    message_age_seconds: float | None = None
 
     @property
     def deliveries(self) -> int:
@@ -148,8 +155,18 @@ def visibility_cap(seconds_since_receive: float) -> int:
     return max(0, math.floor(SQS_VISIBILITY_CAP_SECONDS - CAP_MARGIN_SECONDS - seconds_since_receive))
 
 
+def too_old(attempt: Attempt, config: RetryConfig) -> bool:
+    """The message reached the age cap (False without a cap or a known age)."""
+    cap, age = config.max_message_age_seconds, attempt.message_age_seconds
+    return cap is not None and age is not None and age >= cap
+
+
 def decide(attempt: Attempt, config: RetryConfig) -> Decision:
-    """The decision table: success acks; terminal errors and exhausted attempts dead-letter; else retry."""
+    """The decision table: success acks; terminal errors, exhausted attempts and age dead-letter; else retry.
+
+    Precedence among the dead-letter conditions: a terminal outcome's own, then ``RetriesExhausted`` /
+    ``Timeout``, then ``MaxAgeExceeded``; the age cap also stops immediate retries and ``RetryLater``.
+    """
     if attempt.outcome is HandlerResult.SUCCESS:
         return Ack()
     terminal = _TERMINAL_CONDITION.get(attempt.outcome)
@@ -159,6 +176,8 @@ def decide(attempt: Attempt, config: RetryConfig) -> Decision:
     if made >= config.max_attempts:
         timed_out = attempt.outcome is HandlerResult.TIMEOUT
         return DeadLetter(Condition.TIMEOUT if timed_out else Condition.RETRIES_EXHAUSTED)
+    if too_old(attempt, config):
+        return DeadLetter(Condition.MAX_AGE_EXCEEDED)
     if attempt.outcome is HandlerResult.RETRY_LATER:
         asked = attempt.retry_later_delay
         if asked is not None and not math.isnan(asked):

@@ -12,15 +12,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 
 import anyio
 
 from worker.aws.batcher import Batcher
 from worker.aws.names import queue_name
+from worker.deadletter.record import message_first_sent
 from worker.deadletter.writer import DeadLetterWriter
 from worker.engine import policy
-from worker.engine.failure import Failure, classify, describe_failure, log_failure
+from worker.engine.failure import Failure, classify, describe_failure, load_permanent_errors, log_failure
 from worker.engine.handbacks import HandBacks
 from worker.engine.handler import LoadedHandler
 from worker.engine.lease import Beat, Heartbeats, Lease
@@ -45,6 +47,11 @@ class Disposition:
     give_back: int | None = None
     #: The message is still held: a delete is in flight and will release it (run_one's ``settle``).
     settle_pending: bool = False
+
+
+def _age(first_sent: datetime | None) -> float | None:
+    """Seconds since ``first_sent`` by this host's clock (0 when SQS's clock is ahead), None when unknown."""
+    return None if first_sent is None else max(0.0, time.time() - first_sent.timestamp())
 
 
 class Processor:
@@ -77,7 +84,10 @@ class Processor:
             immediate_retries=settings.immediate_retries,
             backoff_base_seconds=settings.backoff_base_seconds,
             backoff_max_seconds=settings.backoff_max_seconds,
+            max_message_age_seconds=settings.max_message_age_seconds,
         )
+        #: WORKER_PERMANENT_ERRORS, imported (start-up has checked them: this cannot fail then).
+        self.permanent = load_permanent_errors(settings.permanent_errors)
         #: Set when the worker drains: messages not yet started (later ones of a FIFO group) go back.
         self.draining = False
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
@@ -198,6 +208,8 @@ class Processor:
             failure = Failure(type(decode_error).__name__, str(decode_error), decode_error)
             return await self._dead_letter(message, lease, Condition.DECODE_ERROR, failure, 0)
         handed_back = self.handbacks.count(message.id)
+        # Only with an age cap: the first send, kept through redrives by the failure record.
+        first_sent = message_first_sent(message) if self.retry.max_message_age_seconds is not None else None
         immediate = 0
         while True:
             outcome, response, error = await self._invoke(message)
@@ -209,6 +221,7 @@ class Processor:
                 seconds_since_receive=lease.age(),
                 jitter=self.jitter(),
                 handed_back=handed_back,
+                message_age_seconds=_age(first_sent),
             )
             decision = policy.decide(attempt, self.retry)
             attempts = policy.attempts_made(message.receive_count, immediate, self.retry, handed_back)
@@ -251,7 +264,7 @@ class Processor:
                 response = await self.handler.invoke(message)
         except Exception as exc:
             self._duration.observe(time.perf_counter() - started)
-            return classify(exc), None, exc
+            return classify(exc, self.permanent), None, exc
         self._duration.observe(time.perf_counter() - started)
         if scope.cancelled_caught:
             self._timeouts.inc()

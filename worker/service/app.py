@@ -19,6 +19,7 @@ from worker.engine.handler import LoadedHandler, load_handler
 from worker.engine.lease import Heartbeats
 from worker.engine.outcome import OutcomeSink
 from worker.engine.processor import Processor
+from worker.engine.threads import AbandonedThreads
 from worker.service.http import HttpServer
 from worker.service.permissions import log_missing_permissions
 from worker.service.signals import stop_on_signals
@@ -61,7 +62,11 @@ async def run_worker(
     """Run ``worker run`` until stopped by a signal (or ``Worker.stop()``)."""
     metrics = metrics or Metrics()
     health = Health(stale_after=max(120.0, 4.0 * (settings.wait_time_seconds + 30)))
-    handler = load_handler(settings.handler, thread_limiter=anyio.CapacityLimiter(settings.concurrency))
+    threads = AbandonedThreads(settings.abandoned_threads_limit)
+    health.receive_paused = threads.pause_reason
+    handler = load_handler(
+        settings.handler, thread_limiter=anyio.CapacityLimiter(settings.concurrency), abandoned=threads
+    )
     pool = settings.pollers + min(settings.concurrency, 100) + 10
     config = client_config(read_timeout=settings.wait_time_seconds + 15, pool=pool)
     async with create_client("sqs", config) as client:
@@ -71,7 +76,9 @@ async def run_worker(
             services.start_soon(log_missing_permissions, settings, info.arn, info.dlq_url)
             if sink is None:
                 sink = await services.start(build_sink, settings, metrics)
-            worker = Worker(settings, client, metrics, health, info, handler_path=handler.path)
+            worker = Worker(
+                settings, client, metrics, health, info, handler_path=handler.path, threads=threads
+            )
             http_port = await services.start(
                 HttpServer(settings.http_host, settings.http_port, metrics, health).serve
             )
@@ -100,8 +107,11 @@ class Worker:
         health: Health,
         info: QueueInfo,
         handler_path: str,
+        threads: AbandonedThreads,
     ) -> None:
         self.settings = settings
+        #: Abandoned threads of timed-out sync handlers (counted by the handler, bounded by the consumer).
+        self.threads = threads
         self.client = client
         self.metrics = metrics
         self.health = health
@@ -149,6 +159,7 @@ class Worker:
             processor=processor,
             metrics=self.metrics,
             health=self.health,
+            threads=self.threads,
         )
         async with anyio.create_task_group() as batchers:
             await batchers.start(deleter.run)

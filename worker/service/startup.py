@@ -1,4 +1,7 @@
-"""Start-up checks of `worker run`: read the source queue, find and check the DLQ, warn about a weak net."""
+"""Start-up checks of `worker run`: read the source queue, find and check the DLQ, warn about a weak net.
+
+Before any call, the exception types of ``WORKER_PERMANENT_ERRORS`` are imported: a bad entry stops start-up.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from worker.aws.client import CALL_ERRORS, error_code
 from worker.aws.names import RedrivePolicy, queue_name
 from worker.aws.queues import lookup_queue_url
 from worker.backoff import Backoff
+from worker.engine.failure import load_permanent_errors
 from worker.errors import ConfigError
 from worker.settings import Settings, env_name
 
@@ -63,9 +67,24 @@ async def _queue_attributes(client: SQSClient, url: str, field: str) -> dict[str
     raise ConfigError(f"{env_name(field)}: SQS endpoint unreachable for {STARTUP_RETRY_SECONDS:.0f}s")
 
 
+def _warn_retention(settings: Settings, retention: str | None) -> None:
+    """Warn when SQS would delete messages before WORKER_MAX_MESSAGE_AGE_SECONDS could dead-letter them."""
+    cap = settings.max_message_age_seconds
+    if cap is None or retention is None or not retention.isdigit() or int(retention) > cap:
+        return
+    log.warning(
+        f"the queue's MessageRetentionPeriod ({retention} s) is not above "
+        f"{env_name('max_message_age_seconds')} ({cap:g} s): SQS may delete failing messages before the age "
+        "cap dead-letters them",
+        extra={"event": "retention_below_max_age"},
+    )
+
+
 async def inspect_queue(client: SQSClient, settings: Settings) -> QueueInfo:
-    """Read the source queue's ARN and RedrivePolicy; resolve the DLQ; warn about a weak safety net."""
+    """Check WORKER_PERMANENT_ERRORS; read the source queue's ARN and RedrivePolicy; resolve the DLQ; warn."""
+    load_permanent_errors(settings.permanent_errors, env_name("permanent_errors"))
     attrs = await _queue_attributes(client, settings.queue_url, "queue_url")
+    _warn_retention(settings, attrs.get("MessageRetentionPeriod"))
     policy = RedrivePolicy.parse(attrs.get("RedrivePolicy"))
     max_receive = policy.max_receive_count if policy else None
     dlq_url = settings.dlq_url

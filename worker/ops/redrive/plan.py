@@ -2,10 +2,10 @@
 
 The redriven copy carries the original body byte for byte and the original attributes (``worker.failure``
 removed, displaced ones put back), plus the failure record updated for the trip: ``redrive_count`` raised,
-``redriven_at`` set, the original message id kept. The record rides along in ``worker.failure`` so that a
-later dead-letter appends it to its history (``deadletter.failure_record`` does not count such a trip twice),
-and so that a copy the *broker* moves back to the DLQ still carries the raised count: the loop guard holds
-whichever way a message returns.
+``redriven_at`` set, the original message id and first send time kept. The record rides along in
+``worker.failure`` so that a later dead-letter appends it to its history (``deadletter.failure_record`` does
+not count such a trip twice), and so that a copy the *broker* moves back to the DLQ still carries the raised
+count: the loop guard holds whichever way a message returns.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from worker.deadletter.record import (
     DeadLetterTooLarge,
     FailureRecord,
     build_dead_letter,
+    first_sent_time,
     read_failure,
     restore_attributes,
 )
@@ -170,6 +171,7 @@ def broker_record(
         handler_version="",
         dead_lettered_at="",
         sent_at=iso_utc(dead.message.sent_at),
+        first_sent_at=iso_utc(dead.message.sent_at),
         redrive_count=redrive_count,
         redriven_at=iso_utc(now),
     )
@@ -208,7 +210,12 @@ def plan_redrive(
     count = dead.redrive_count + 1
     if dead.record is not None:
         record = dataclasses.replace(
-            dead.record, redrive_count=count, redriven_at=iso_utc(now), displaced_attributes={}
+            dead.record,
+            redrive_count=count,
+            redriven_at=iso_utc(now),
+            displaced_attributes={},
+            # Kept for the age cap; a record from before the field gets the oldest time it names.
+            first_sent_at=iso_utc(first_sent_time(dead.record, None)),
         )
     else:
         record = broker_record(dead, source_url, now, count)
