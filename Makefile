@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # is a Python wrapper, which would hide the process the bench measures), and npm is the virtualenv's.
 export PATH := $(abspath $(VENV)/node-bin):$(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv test lint chaos bench audit unit localstack localstack-venv node-deps bench-deps iam-deps demo docs clean
+.PHONY: help venv test lint chaos bench audit lock dist unit localstack localstack-venv node-deps bench-deps iam-deps demo docs clean
 
 help:
 	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
@@ -18,7 +18,9 @@ help:
 	@echo "make node-deps   the Node packages the tests use (npm ci from the committed package-lock.json files)"
 	@echo "make chaos       the fault-injection suite with 20 kill -9 trials (figures in docs/chaos-results.json)"
 	@echo "make localstack  start the embedded LocalStack in the foreground"
-	@echo "make audit       pip-audit of the locked dependencies"
+	@echo "make audit       pip-audit of every pinned dependency; fails when one is vulnerable or could not be audited"
+	@echo "make lock        regenerate constraints/*.txt from pyproject.toml, keeping the pins (LOCK_ARGS=--upgrade bumps)"
+	@echo "make dist        build the sdist and wheel into dist/, twine check, install the wheel in a clean venv and run it"
 	@echo "make docs        regenerate the settings reference and the code map in docs/ from the code"
 
 $(STAMP): pyproject.toml constraints/dev.txt
@@ -66,16 +68,52 @@ test: lint localstack-venv node-deps
 	$(BIN)/python -m pytest --durations=25
 
 chaos: $(STAMP) localstack-venv
-	CHAOS_TRIALS=20 CHAOS_OUTAGE_SECONDS=20 CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -q \
+	CHAOS_TRIALS=20 CHAOS_MESSAGES=5000 CHAOS_OUTAGE_SECONDS=30 FUZZ_EXAMPLES=200 \
+		CHAOS_REPORT=docs/chaos-results.json $(BIN)/python -m pytest -q -p no:randomly \
 		tests/test_chaos.py tests/test_resilience.py tests/test_shutdown.py tests/test_fuzz.py
 
 bench: $(STAMP) localstack-venv bench-deps
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
+# Release and supply-chain tools: pinned, installed into the virtualenv on demand, constrained by the dev lock so
+# they never move a pinned package.
+PIP_AUDIT_VERSION := 2.10.1
+UV_VERSION        := 0.13.9
+BUILD_VERSION     := 1.6.1
+TWINE_VERSION     := 7.0.0
+TOOL_INSTALL      := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints/dev.txt
+
+# Fails when a pinned dependency is vulnerable *or could not be audited* (pip-audit alone passes an audit whose
+# vulnerability service was unreachable): tools/audit.py reads pip-audit's JSON and prints the counts.
 audit: $(STAMP)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check pip-audit
-	grep -v '^-e' constraints/dev.txt > $(VENV)/audit-requirements.txt
-	$(BIN)/pip-audit --no-deps --disable-pip -r $(VENV)/audit-requirements.txt
+	$(TOOL_INSTALL) pip-audit==$(PIP_AUDIT_VERSION)
+	$(BIN)/python tools/audit.py --pip-audit $(BIN)/pip-audit constraints/runtime.txt constraints/dev.txt
+
+# The locks, from pyproject.toml, for the image's Python (3.11 on Linux): uv keeps every version the lock already
+# pins (its output file is its preference), so a new dependency is added without moving the others; bump with
+# `make lock LOCK_ARGS=--upgrade` or `LOCK_ARGS='--upgrade-package aiohttp'`. runtime.txt, the image's lock, is
+# the runtime closure at dev.txt's versions, with the sha256 of every published file of each pinned version
+# (the Dockerfile installs it with --require-hashes). dev.txt has no hashes: pip refuses a hashed constraints
+# file next to an editable install ("cannot be installed when requiring hashes, because there is no single file
+# to hash"), which is how the virtualenv is made.
+LOCK_ARGS ?=
+UV_COMPILE = $(BIN)/uv pip compile --quiet --python-version 3.11 --python-platform linux \
+	--custom-compile-command 'make lock' $(LOCK_ARGS)
+
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(UV_COMPILE) --extra dev --output-file constraints/dev.txt pyproject.toml
+	$(UV_COMPILE) --generate-hashes --constraint constraints/dev.txt --output-file constraints/runtime.txt pyproject.toml
+
+# The release artefacts: sdist and wheel in dist/, checked by twine, then the wheel alone installed in a clean
+# virtualenv (its dependencies constrained by constraints/runtime.txt) and run (tools/dist_check.py).
+dist: $(STAMP)
+	$(TOOL_INSTALL) build==$(BUILD_VERSION) twine==$(TWINE_VERSION)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+	$(BIN)/python tools/dist_check.py dist
 
 unit: $(STAMP) iam-deps
 	@scripts/ensure-promtool

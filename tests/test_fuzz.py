@@ -11,13 +11,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests import chaos_report
 from tests.conftest import unique
 from tests.helpers import Collecting, drain, running_worker, wait_for
 from worker.aws.client import client_config, create_client
 from worker.deadletter.record import read_failure, restore_attributes
 from worker.engine.message import looks_like_sns_envelope, parse_sqs_attributes
 
-pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(300)]
+#: Hypothesis examples (batches of 5-25 messages): 3 in `make test`, 200 in `make chaos` (FUZZ_EXAMPLES).
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "3"))
+#: What the run saw, written to the chaos report after each example (a failing one included).
+FIGURES: dict[str, Any] = {"examples": 0, "messages": 0, "dead_lettered": 0}
+
+pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(max(300, 20 * EXAMPLES))]
 
 # SQS accepts only these characters in bodies and string attributes (XML 1.0).
 SQS_CHARS = st.characters(
@@ -59,12 +65,21 @@ attribute_sets = st.dictionaries(
 messages = st.lists(st.tuples(bodies, attribute_sets), min_size=5, max_size=25)
 
 
-@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(batch=messages)
 def test_random_input_ends_succeeded_or_dead_lettered(localstack_endpoint: str, batch: list[Any]) -> None:
     """Random bodies, attributes (10, binary), malformed envelopes: each ends once; no loss, no crash."""
     assert os.environ["AWS_ENDPOINT_URL"] == localstack_endpoint
-    anyio.run(_run_batch, batch)
+    FIGURES["examples"] += 1
+    FIGURES["messages"] += len(batch)
+    try:
+        anyio.run(_run_batch, batch)
+    except BaseException as exc:
+        chaos_report.record(
+            "fuzz", {**FIGURES, "passed": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+        )
+        raise
+    chaos_report.record("fuzz", {**FIGURES, "passed": True})
 
 
 async def _run_batch(batch: list[tuple[str, dict[str, Any]]]) -> None:
@@ -92,6 +107,7 @@ async def _run_batch(batch: list[tuple[str, dict[str, Any]]]) -> None:
                         json.loads(body)
             entries = await drain(sqs, dlq, expect=len(failed), timeout=30)
             assert len(entries) == len(failed)
+            FIGURES["dead_lettered"] += len(entries)
             for entry in entries:
                 attrs = parse_sqs_attributes(entry.get("MessageAttributes"))
                 record = read_failure(attrs)

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tests import chaos_report
 from tests.conftest import QueueFactory, unique
 from tests.faultproxy import FaultProxy
 from tests.helpers import WorkerProcess, depth, http_get, send, send_bodies, wait_for
@@ -118,8 +119,7 @@ async def test_rst_storm_loses_nothing(
 def _all_done(path: Path, keys: list[str]) -> bool:
     if not path.exists():
         return False
-    done = {line.split(" ", 1)[1] for line in path.read_text().splitlines() if line.startswith("done ")}
-    return done >= set(keys)
+    return _done(path) >= set(keys)
 
 
 @pytest.mark.localstack
@@ -306,54 +306,105 @@ class _Prober:
 async def test_outage_then_rst_storm_recovers_by_itself(
     sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path, fault_proxy: FaultProxy
 ) -> None:
-    """SQS blackholed, then 30 % resets: /healthz 200 at every 0.2 s probe, idle CPU, ready again, 0 lost."""
+    """SQS blackholed with messages in flight, then 30 % resets: /healthz 200 at every 0.2 s probe, idle CPU,
+    ready again, 0 lost."""
     q = await queues()
     env = {**aws_env, "AWS_ENDPOINT_URL": fault_proxy.endpoint, "TEST_JOURNAL": str(tmp_path / "journal")}
     keys = [unique("out") for _ in range(300)]
     worker = WorkerProcess(
         env, tmp_path, queue_url=q["url"], dlq_url=q["dlq_url"], visibility_timeout_seconds=5
     )
-    try:
-        worker.start()
-        await worker.wait_ready()
-        await send_bodies(sqs, q["url"], [{"key": k} for k in keys[:100]])
-        with _Prober(worker.port, "/healthz") as prober:  # reads /healthz all through the outage
-            outage_began = time.monotonic()
-            fault_proxy.faults.blackhole = True
-            fault_proxy.reset_all()
-            await send_bodies(sqs, q["url"], [{"key": k} for k in keys[100:200]])  # arrives during the outage
-            await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 503, timeout=30, what="not ready")
-            process = psutil.Process(worker.proc.pid)
-            before, started = process.cpu_times(), time.monotonic()
-            await wait_for(lambda: time.monotonic() - started >= OUTAGE_SECONDS, timeout=OUTAGE_SECONDS + 5)
-            after = process.cpu_times()
-            cpu = (after.user + after.system) - (before.user + before.system)
-            assert cpu < 0.2 * OUTAGE_SECONDS, f"spinning during the outage: {cpu:.2f} CPU s"
-            outage_ended = time.monotonic()
-            fault_proxy.faults.blackhole = False
-            fault_proxy.faults.reset_share = 0.3  # new connections...
-            fault_proxy.faults.reset_request_share = 0.3  # ...and requests on pooled ones
-            fault_proxy.reset_all()
-            await send_bodies(sqs, q["url"], [{"key": k} for k in keys[200:]])
-            await wait_for(lambda: http_get(worker.port, "/readyz")[0] == 200, timeout=90, what="ready again")
-        probed_until = time.monotonic()
-        failed = [(round(t - outage_began, 1), status) for t, status in prober.answers if status != 200]
-        assert not failed, f"/healthz not 200 at (s into the outage, status): {failed}"
-        during = prober.between(outage_began, outage_ended)
-        least = int(OUTAGE_SECONDS / PROBE_INTERVAL / 2)
-        assert len(during) >= least, f"/healthz read {len(during)} times in the outage, fewer than {least}"
-        marks = [outage_began, *(t for t, _ in prober.answers), probed_until]
-        gap = max(later - earlier for earlier, later in itertools.pairwise(marks))
-        assert gap <= PROBE_MAX_GAP, f"/healthz went {gap:.1f} s without an answer"
-        await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=120, what="every key done")
-        fault_proxy.faults.reset_share = fault_proxy.faults.reset_request_share = 0.0
-        storm = sum(fault_proxy.reset_kinds[kind] for kind in ("connect", "first", "pooled"))
-        assert storm > 0, f"no connection or request was reset after the outage: {fault_proxy.reset_kinds}"
-        await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
-        assert await depth(sqs, q["dlq_url"]) == 0
-        assert worker.proc.poll() is None
-    finally:
-        worker.kill()
+    with chaos_report.scenario("outage_then_reset_storm", outage_s=OUTAGE_SECONDS, messages=300) as figures:
+        try:
+            worker.start()
+            await worker.wait_ready()
+            # The first 20 take 2 s each, so the blackhole falls on messages in flight. Fewer than the
+            # concurrency (50): with every slot held by a call hanging in the blackhole, no receive is due
+            # and /readyz cannot see the outage until those calls time out (3 x 30 s).
+            await send_bodies(sqs, q["url"], [{"key": k, "sleep": 2} for k in keys[:20]])
+            await wait_for(
+                lambda: _started(tmp_path / "journal") >= 20, timeout=30, what="messages in flight"
+            )
+            status, text = http_get(worker.port, "/metrics")
+            assert status == 200
+            figures["in_flight_at_blackhole"] = in_flight = _gauge(text, "worker_messages_in_flight")
+            assert in_flight >= 20, f"only {in_flight} in flight when the blackhole began"
+            with _Prober(worker.port, "/healthz") as prober:  # reads /healthz all through the outage
+                outage_began = time.monotonic()
+                fault_proxy.faults.blackhole = True
+                fault_proxy.reset_all()
+                await send_bodies(sqs, q["url"], [{"key": k} for k in keys[20:200]])  # sent during the outage
+                await wait_for(
+                    lambda: http_get(worker.port, "/readyz")[0] == 503, timeout=30, what="not ready"
+                )
+                process = psutil.Process(worker.proc.pid)
+                before, started = process.cpu_times(), time.monotonic()
+                await wait_for(
+                    lambda: time.monotonic() - started >= OUTAGE_SECONDS, timeout=OUTAGE_SECONDS + 5
+                )
+                after = process.cpu_times()
+                cpu = (after.user + after.system) - (before.user + before.system)
+                figures["cpu_s_per_outage_s"] = round(cpu / OUTAGE_SECONDS, 4)
+                assert cpu < 0.2 * OUTAGE_SECONDS, f"spinning during the outage: {cpu:.2f} CPU s"
+                outage_ended = time.monotonic()
+                fault_proxy.faults.blackhole = False
+                fault_proxy.faults.reset_share = 0.3  # new connections...
+                fault_proxy.faults.reset_request_share = 0.3  # ...and requests on pooled ones, all storm long
+                fault_proxy.reset_all()
+                await send_bodies(sqs, q["url"], [{"key": k} for k in keys[200:]])
+                await wait_for(
+                    lambda: http_get(worker.port, "/readyz")[0] == 200, timeout=90, what="ready again"
+                )
+                figures["ready_again_s"] = round(time.monotonic() - outage_ended, 2)
+            probed_until = time.monotonic()
+            failed = [(round(t - outage_began, 1), status) for t, status in prober.answers if status != 200]
+            assert not failed, f"/healthz not 200 at (s into the outage, status): {failed}"
+            during = prober.between(outage_began, outage_ended)
+            figures["healthz_probes_in_outage"] = len(during)
+            least = int(OUTAGE_SECONDS / PROBE_INTERVAL / 2)
+            assert len(during) >= least, (
+                f"/healthz read {len(during)} times in the outage, fewer than {least}"
+            )
+            marks = [outage_began, *(t for t, _ in prober.answers), probed_until]
+            gap = max(later - earlier for earlier, later in itertools.pairwise(marks))
+            figures["healthz_max_gap_s"] = round(gap, 2)
+            assert gap <= PROBE_MAX_GAP, f"/healthz went {gap:.1f} s without an answer"
+            await wait_for(lambda: _all_done(tmp_path / "journal", keys), timeout=120, what="every key done")
+            figures["all_done_s"] = round(time.monotonic() - outage_ended, 2)
+            fault_proxy.faults.reset_share = fault_proxy.faults.reset_request_share = 0.0
+            figures["resets"] = dict(fault_proxy.reset_kinds)
+            storm = sum(fault_proxy.reset_kinds[kind] for kind in ("connect", "first", "pooled"))
+            assert storm > 0, (
+                f"no connection or request was reset after the outage: {fault_proxy.reset_kinds}"
+            )
+            await wait_for(lambda: _empty(sqs, q["url"]), timeout=60, what="source empty")
+            assert await depth(sqs, q["dlq_url"]) == 0
+            figures["lost"] = len(set(keys) - _done(tmp_path / "journal"))
+            figures["duplicates"] = _done_count(tmp_path / "journal") - len(keys)
+            assert worker.proc.poll() is None
+        finally:
+            worker.kill()
+
+
+def _started(path: Path) -> int:
+    return (
+        sum(1 for line in path.read_text().splitlines() if line.startswith("start ")) if path.exists() else 0
+    )
+
+
+def _done(path: Path) -> set[str]:
+    return {line.split(" ", 1)[1] for line in path.read_text().splitlines() if line.startswith("done ")}
+
+
+def _done_count(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.startswith("done "))
+
+
+def _gauge(text: str, name: str) -> int:
+    """The sum of a gauge's samples in Prometheus text."""
+    return int(
+        sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+    )
 
 
 class _Backend(http.server.BaseHTTPRequestHandler):
