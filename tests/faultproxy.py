@@ -7,6 +7,10 @@ It reads the requests it forwards one by one (HTTP/1.1 with a Content-Length), s
 on a request: a client's pooled keep-alive connection, established before a fault was switched on, is hit
 on its next request (``Faults.reset_request_share``, ``FaultProxy.reset_next_requests``), not only new
 connections. Every reset it performs is counted (``resets`` by operation, ``reset_kinds`` by kind).
+
+A request predicate (``Faults.blackhole_request``) blackholes only the requests it matches, e.g. the sends to
+one queue (``sends_to_queue``): each is read whole, never forwarded and never answered (the client gives up on
+its own), and counted in ``blackholed`` by operation; every other request flows.
 """
 
 from __future__ import annotations
@@ -14,12 +18,56 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import random
 import socket
 import struct
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
+
+
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """One whole request the proxy read: its API operation ("SendMessage", "" when unnamed), head and body."""
+
+    operation: str
+    head: bytes
+    body: bytes
+
+    def queue_url(self) -> str | None:
+        """The request's ``QueueUrl`` (JSON protocol, or a form-encoded query-protocol body), else None."""
+        try:
+            doc = json.loads(self.body)
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict):
+            value = doc.get("QueueUrl")
+            return value if isinstance(value, str) else None
+        found = parse_qs(self.body.decode("utf-8", "replace")).get("QueueUrl")
+        return found[0] if found else None
+
+
+#: The operations that write messages into a queue.
+SEND_OPERATIONS = frozenset({"SendMessage", "SendMessageBatch"})
+
+
+def sends_to_queue(
+    queue_url: str, operations: Collection[str] = SEND_OPERATIONS
+) -> Callable[[ProxiedRequest], bool]:
+    """A ``blackhole_request`` predicate: the send requests (``operations``) whose QueueUrl is ``queue_url``.
+
+    Queue URLs are compared by their path (account and name), so a client that spells the host differently
+    (``localhost`` or ``sqs.<region>.localhost.localstack.cloud``) is matched too.
+    """
+    wanted = urlparse(queue_url).path.rstrip("/")
+
+    def matches(request: ProxiedRequest) -> bool:
+        url = request.queue_url() if request.operation in operations else None
+        return url is not None and urlparse(url).path.rstrip("/") == wanted
+
+    return matches
 
 
 @dataclass
@@ -35,6 +83,9 @@ class Faults:
     cut_response_after: int | None = None  # close a connection after this many response bytes
     error_share: float = 0.0  # share of requests answered by the proxy itself with ``error_status``
     error_status: int = 503  # 503 (server error) or 400 (with a throttling code)
+    # Requests this predicate matches are read whole, never forwarded, never answered (counted in
+    # ``FaultProxy.blackholed``); the others flow. None: no request is singled out.
+    blackhole_request: Callable[[ProxiedRequest], bool] | None = None
 
 
 class FaultProxy:
@@ -53,12 +104,16 @@ class FaultProxy:
         #: first request of a connection), "pooled" (a later request: the connection was reused), "live"
         #: (``reset_all``), "cut" (``cut_response_after``).
         self.reset_kinds: collections.Counter[str] = collections.Counter()
+        #: Requests held unanswered by ``Faults.blackhole_request``, by API operation.
+        self.blackholed: collections.Counter[str] = collections.Counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fault-proxy")
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._clients: set[asyncio.StreamWriter] = set()  # the client side of each live connection
         self._doomed: set[asyncio.StreamWriter] = set()  # reset on their next request
+        #: The client connections whose request ``blackhole_request`` holds (``release_blackholed``).
+        self._held: set[asyncio.StreamWriter] = set()
 
     @classmethod
     def towards(cls, endpoint: str) -> FaultProxy:
@@ -108,6 +163,21 @@ class FaultProxy:
             return len(self._clients)
 
         return asyncio.run_coroutine_threadsafe(mark(), self._loop).result(timeout=10)
+
+    def release_blackholed(self) -> int:
+        """Reset the connections of the requests ``blackhole_request`` holds now; returns how many.
+
+        The end of an outage that drops connection state (a firewall's or a NAT's): the clients see their held
+        requests fail at once instead of each waiting for its own timeout.
+        """
+
+        async def release() -> int:
+            held = list(self._held)
+            for writer in held:
+                _rst(writer)
+            return len(held)
+
+        return asyncio.run_coroutine_threadsafe(release(), self._loop).result(timeout=10)
 
     def stop(self) -> None:
         """Close everything and stop the thread."""
@@ -194,6 +264,16 @@ class FaultProxy:
                 body = await reader.readexactly(int(_header(head, b"content-length") or 0))
                 if self.faults.blackhole:  # switched on while this request was being read
                     await asyncio.sleep(3600)
+                matches = self.faults.blackhole_request
+                if matches is not None and matches(ProxiedRequest(_operation(head), head, body)):
+                    self.blackholed[_operation(head)] += 1
+                    self._held.add(client)
+                    try:
+                        while await reader.read(65536):  # held until the client gives up and closes
+                            pass
+                    finally:
+                        self._held.discard(client)
+                    return
                 doomed = client in self._doomed
                 share = self.faults.reset_request_share
                 if doomed or (share and random.random() < share):

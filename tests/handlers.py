@@ -12,6 +12,9 @@ from pydantic import BaseModel
 
 from worker import Message, PermanentError, RetryLater
 
+#: CALLS and LOG grow by one entry per invocation (~150 B): a long run (the soak) turns them off with
+#: TEST_RECORD_CALLS=0, or they would be the leak it measures. ``fail_times`` needs them.
+RECORDING = os.environ.get("TEST_RECORD_CALLS", "1") != "0"
 #: Invocations per body key, in this process.
 CALLS: collections.Counter[str] = collections.Counter()
 #: (key, receive_count, monotonic time) of every invocation, in this process.
@@ -29,8 +32,9 @@ async def scripted(message: Message) -> Any:
     """Does what the body says: ok, fail, fail_until, fail_times, permanent, retry_later, sleep."""
     doc = message.json()
     key = str(doc.get("key", message.id))
-    CALLS[key] += 1
-    LOG.append((key, message.receive_count, time.monotonic()))
+    if RECORDING:
+        CALLS[key] += 1
+        LOG.append((key, message.receive_count, time.monotonic()))
     _journal("start", key)
     do = doc.get("do", "ok")
     if doc.get("sleep"):

@@ -20,9 +20,9 @@ from tests import timeout_handlers as th
 from tests.conftest import QueueFactory, unique
 from tests.helpers import Collecting, http_get_async, running_worker, send, wait_for
 from worker.aws.names import queue_name
-from worker.engine.consumer import Slots
 from worker.engine.handler import UserCallable
 from worker.engine.policy import Condition
+from worker.engine.slots import Slots
 from worker.engine.threads import AbandonedThreads
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics

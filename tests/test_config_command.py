@@ -407,7 +407,7 @@ def test_json_for_tooling(runs: dict[str, Run]) -> None:
     document = json.loads(run.stdout)
     assert document["valid"] is True
     assert document["settings"]["WORKER_CONCURRENCY"] == {"value": 8, "source": "environment"}
-    assert document["settings"]["WORKER_POLLERS"] == {"value": 2, "source": "default"}
+    assert document["settings"]["WORKER_POLLERS"] == {"value": None, "source": "default"}
     assert document["aws"]["AWS_SECRET_ACCESS_KEY"] == {"value": "set", "source": "environment"}
     no_credentials(run)
 

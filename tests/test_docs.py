@@ -126,6 +126,13 @@ def test_code_map_is_up_to_date() -> None:
         assert f"`{path.name}`: " in page, f"{path} is missing from the code map"
 
 
+def test_reliability_figures_match_the_chaos_report() -> None:
+    """RELIABILITY.md's figures section is what tools/reliability_doc.py renders from chaos-results.json."""
+    module = _load_tool("reliability_doc")
+    page = module.PAGE.read_text(encoding="utf-8")
+    assert module.update_page(page) == page, "the figures are stale: run `python tools/reliability_doc.py`"
+
+
 def test_code_map_refuses_a_module_without_docstring(tmp_path: Path) -> None:
     """A module with no docstring cannot be mapped: the renderer names it instead of leaving a blank."""
     module = _load_tool("code_map")

@@ -202,7 +202,7 @@ def test_documented_defaults(env: pytest.MonkeyPatch) -> None:
     assert settings.http_port == 9102
     assert settings.visibility_timeout_seconds == 60
     assert (settings.backoff_base_seconds, settings.backoff_max_seconds) == (2.0, 300.0)
-    assert (settings.pollers, settings.wait_time_seconds) == (2, 10)
+    assert (settings.pollers, settings.wait_time_seconds) == (None, 10)  # pollers: sized automatically
     assert (settings.log_level, settings.log_format, settings.log_bodies) == ("INFO", "json", False)
     assert settings.handler_version == "unknown"
     assert settings.on_success == []

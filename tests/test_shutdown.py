@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import QueueFactory, on_emulators, unique
 from tests.helpers import WorkerProcess, depth, read_journal, send_bodies, wait_for
+from worker.engine.pollers import PARKED_VISIBILITY
 
 
 async def load(sqs: Any, url: str, count: int, **fields: Any) -> list[str]:
@@ -77,6 +78,49 @@ async def test_sigterm_under_load_loses_nothing_and_finishes_nothing_twice(
 
 async def _is_empty(sqs: Any, url: str) -> bool:
     return await depth(sqs, url) == 0
+
+
+# LocalStack only: like SQS (aws-sdk-go-v2#2068, aws-sdk-java-v2#1395), LocalStack keeps a long poll whose
+# client went away open and hands it the next message, which then stays hidden for the visibility the
+# receive asked for; this is the case the parked receives exist for.
+@pytest.mark.localstack
+@pytest.mark.slow
+async def test_idle_worker_exits_at_once_on_sigterm_and_strands_nothing_for_a_lease(
+    sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Idle, 10 s long polls: exit 0 within 2.5 s of SIGTERM; a message sent then runs within seconds."""
+    q = await queues(visibility=VISIBILITY)
+    journals = (tmp_path / "journal-first", tmp_path / "journal-second")
+    settings = {
+        "queue_url": q["url"],
+        "dlq_url": q["dlq_url"],
+        "wait_time_seconds": 10,
+        "visibility_timeout_seconds": VISIBILITY,
+    }
+    first = WorkerProcess({**aws_env, "TEST_JOURNAL": str(journals[0])}, tmp_path, **settings).start()
+    try:
+        await first.wait_ready()
+        signalled = time.monotonic()
+        first.signal(signal.SIGTERM)
+        # Sent while the worker leaves: its abandoned long polls are still open on the emulator's side.
+        key = (await load(sqs, q["url"], 1))[0]
+        sent = time.monotonic()
+        assert await first.wait(timeout=20) == 0
+        took = time.monotonic() - signalled
+    finally:
+        first.kill()
+    assert took < 2.5, f"idle worker exited {took:.1f} s after SIGTERM"
+    second = WorkerProcess({**aws_env, "TEST_JOURNAL": str(journals[1])}, tmp_path, **settings).start()
+    try:
+        await second.wait_ready()
+        await wait_for(lambda: read_journal(*journals)["done"][key] == 1, timeout=VISIBILITY, what="done")
+        ran_after = time.monotonic() - sent
+    finally:
+        second.signal(signal.SIGTERM)
+        await second.wait()
+    # Taken by a cancelled poll it is hidden for PARKED_VISIBILITY (5 s), not for the 30 s lease.
+    assert ran_after < PARKED_VISIBILITY + 2 * MARGIN, f"ran {ran_after:.1f} s after it was sent"
+    assert read_journal(*journals)["done"][key] == 1
 
 
 @pytest.mark.localstack

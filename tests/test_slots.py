@@ -19,7 +19,7 @@ import pytest
 from tests import timeout_handlers as th
 from tests.conftest import QueueFactory, unique
 from tests.helpers import Collecting, running_worker, send_bodies, wait_for
-from worker.engine.consumer import Slots
+from worker.engine.slots import Slots
 from worker.limits import SQS_BATCH_MAX
 from worker.telemetry.health import Health
 

@@ -181,13 +181,22 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
+def replace_between(text: str, start: str, end: str, block: str, page: str) -> str:
+    """``text`` with what lies between the ``start`` and ``end`` markers replaced by ``block`` (markers kept).
+
+    The one marker helper of the generated docs (tools/reliability_doc.py uses it too); ``page`` names the
+    file in the error when the markers are missing.
+    """
+    first, last = text.find(start), text.find(end)
+    if first < 0 or last < first:
+        raise ValueError(f"{page}: markers {start} ... {end} not found")
+    return f"{text[:first]}{start}\n{block}\n\n{text[last:]}"
+
+
 def update_page(text: str, table: str | None = None) -> str:
     """``text`` with the block between the markers replaced by ``table`` (default: the current one)."""
-    start, end = text.find(START), text.find(END)
-    if start < 0 or end < start:
-        raise ValueError(f"{_shown(PAGE)}: markers {START} ... {END} not found")
-    block = f"{START}\n{NOTE}\n\n{render_table() if table is None else table}\n\n"
-    return text[:start] + block + text[end:]
+    body = render_table() if table is None else table
+    return replace_between(text, START, END, f"{NOTE}\n\n{body}", _shown(PAGE))
 
 
 def main(argv: list[str] | None = None) -> int:

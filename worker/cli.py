@@ -10,8 +10,12 @@ from worker._version import __version__
 from worker.errors import ConfigError, first_of
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one sub-command per job."""
+def build_parser(*, operator_tools: bool = True) -> argparse.ArgumentParser:
+    """The argument parser with one sub-command per job.
+
+    ``operator_tools=False`` leaves out ``dlq`` and ``redrive`` (their arguments live in worker.ops): the
+    parser ``worker run`` uses, so its start imports nothing it does not need.
+    """
     parser = argparse.ArgumentParser(
         prog="worker",
         description="A resilient SQS/SNS worker. Settings come from WORKER_* variables; AWS ones from AWS_*.",
@@ -48,16 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--endpoint", default=None, help="use this running LocalStack instead of starting one")
     demo.add_argument("--prefix", default="demo", help="name prefix of the resources it creates")
     demo.add_argument("--summary-json", default=None, metavar="PATH", help="also write the summary as JSON")
-    from worker.ops.arguments import add_dlq_parser, add_redrive_parser
+    if operator_tools:
+        from worker.ops.arguments import add_dlq_parser, add_redrive_parser
 
-    add_dlq_parser(sub)
-    add_redrive_parser(sub)
+        add_dlq_parser(sub)
+        add_redrive_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``worker`` script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(operator_tools=words[:1] != ["run"]).parse_args(words)
     try:
         if args.command == "run":
             return _run()

@@ -29,6 +29,9 @@ DEFAULT_WAIT_SECONDS = 10
 #: SQS keeps a message 14 days at most (MessageRetentionPeriod's upper bound).
 SQS_MAX_RETENTION_SECONDS = 1_209_600
 
+#: A CloudWatch namespace: up to 255 of these characters (and not blank, not ``AWS/...``).
+EMF_NAMESPACE = re.compile(r"^[0-9A-Za-z._/#: -]{1,255}$")
+
 DestinationList = Annotated[list[str], NoDecode]
 TypePathList = Annotated[list[str], NoDecode]
 
@@ -75,7 +78,16 @@ class Settings(BaseSettings):
             "each such thread keeps a concurrency slot until it returns."
         ),
     )
-    pollers: int = Field(default=2, ge=1, le=64, description="Concurrent long-poll loops.")
+    pollers: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=(
+            "Concurrent receives: exactly this many long-poll loops. Unset: automatic, between 1 and "
+            "ceil(WORKER_CONCURRENCY / 10) (at most 8), one more while receives come back full with slots "
+            "free, one fewer when one comes back empty."
+        ),
+    )
     wait_time_seconds: int = Field(
         default=DEFAULT_WAIT_SECONDS,
         ge=0,
@@ -160,6 +172,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Period of the GetQueueAttributes calls behind the queue-depth gauges.",
     )
+    metrics_emf: str = Field(
+        default="off",
+        description=(
+            "CloudWatch Embedded Metric Format lines: `off`, `stdout` (logs stay on stderr) or an absolute "
+            "file path to append to (docs/observability.md, CloudWatch (EMF))."
+        ),
+    )
+    metrics_emf_namespace: str = Field(
+        default="SqsWorker", description="CloudWatch namespace of the EMF metrics (not `AWS/...`)."
+    )
+    metrics_emf_interval_seconds: float = Field(
+        default=60.0, gt=0, description="Period of the EMF flushes; one more runs at shutdown."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Minimum level of the log lines (case-insensitive)."
     )
@@ -205,6 +230,26 @@ class Settings(BaseSettings):
         for path in value:  # the imports themselves are checked at start-up (worker run)
             if not HANDLER_PATTERN.fullmatch(path):
                 raise ValueError(f"entry {path!r} must look like pkg.module:ExceptionType")
+        return value
+
+    @field_validator("metrics_emf")
+    @classmethod
+    def _emf_target(cls, value: str) -> str:
+        target = value.strip()
+        if target.lower() in ("off", "stdout"):
+            return target.lower()
+        if not target.startswith("/"):
+            raise ValueError(f"must be off, stdout or an absolute file path, got {value!r}")
+        return target
+
+    @field_validator("metrics_emf_namespace")
+    @classmethod
+    def _emf_namespace(cls, value: str) -> str:
+        # CloudWatch's rule, as worker.telemetry.emf.check_namespace has it (settings import no telemetry).
+        if not EMF_NAMESPACE.fullmatch(value) or not value.strip() or value.startswith("AWS/"):
+            raise ValueError(
+                f"must be 1-255 letters, digits, spaces or . - _ / # : and not start with AWS/, got {value!r}"
+            )
         return value
 
     @field_validator("on_success", "on_failure")

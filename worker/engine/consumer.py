@@ -1,5 +1,9 @@
 """The consume loop: pollers that receive only as many messages as there are free slots, the message
-tasks, and the shutdown order (stop polling, give back what arrives, drain in-flight, flush batches)."""
+tasks, and the shutdown order (stop polling, give back what arrives, drain in-flight, flush batches).
+
+How each receive waits, what visibility it asks for and how many pollers run is decided in pollers.py;
+parked receives (idle queue) are cancelled at stop, busy ones are awaited.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,9 @@ from worker.aws.client import CALL_ERRORS, error_code
 from worker.aws.queues import receive
 from worker.backoff import Backoff
 from worker.engine.message import Message, parse_or_fallback, sent_timestamp_ms
+from worker.engine.pollers import PARKED_VISIBILITY, PollPlan, next_pollers, plan_poll, pollers_bound
 from worker.engine.processor import Processor
+from worker.engine.slots import Slots
 from worker.engine.threads import AbandonedThreads
 from worker.limits import SQS_BATCH_MAX
 from worker.settings import Settings
@@ -33,63 +39,6 @@ POLL_OVERDUE_MARGIN = 5.0
 POLL_BACKOFF = Backoff(base=0.5, cap=30.0)
 #: Errors that mean SQS wants fewer messages in flight: back off, do not count as an outage.
 OVER_LIMIT_CODES = frozenset({"OverLimit", "AWS.SimpleQueueService.OverLimit"})
-
-
-class Slots:
-    """Counts in-flight messages against the concurrency limit; pollers reserve before receiving.
-
-    With ``threads``, abandoned handler threads past their limit hold slots too, and nothing is reserved
-    while the limit of abandoned threads is reached (``threads.paused``) until ``close()``.
-    """
-
-    def __init__(self, limit: int, threads: AbandonedThreads | None = None) -> None:
-        self.limit = limit
-        self.used = 0
-        self.threads = threads
-        self.closed = False
-        #: Set by release() while a poller waits for capacity (None: nobody waits, nothing to wake).
-        self._freed: anyio.Event | None = None
-        if threads is not None:
-            threads.on_change(self.wake)
-
-    def _free(self) -> int:
-        if self.threads is None:
-            return self.limit - self.used
-        if self.threads.paused:
-            return 0
-        return self.limit - self.used - self.threads.slots_taken
-
-    async def reserve(self, most: int, health: Health) -> int:
-        """Wait for at least one free slot, then take up to ``most`` (0 once closed)."""
-        while self._free() <= 0:
-            if self.closed:
-                return 0
-            health.turned()  # waiting for capacity is a healthy loop
-            if self._freed is None:
-                self._freed = anyio.Event()
-            with anyio.move_on_after(1.0):
-                await self._freed.wait()
-        taken = min(most, self._free())
-        self.used += taken
-        return taken
-
-    def release(self, count: int) -> None:
-        """Give back ``count`` slots and wake waiting pollers."""
-        if count <= 0:
-            return
-        self.used -= count
-        self.wake()
-
-    def wake(self) -> None:
-        """Make waiting pollers look again (slots freed, an abandoned thread returned, closing)."""
-        if self._freed is not None:
-            self._freed.set()
-            self._freed = None
-
-    def close(self) -> None:
-        """Pollers waiting for capacity return with nothing: the worker stops."""
-        self.closed = True
-        self.wake()
 
 
 def group_entries(items: Sequence[tuple[Message, Any]], fifo: bool) -> list[list[tuple[Message, Any]]]:
@@ -135,6 +84,16 @@ class Consumer:
         metrics.abandoned_threads.labels(self.queue).set_function(lambda: threads.count)
         metrics.abandoned_threads_limit.labels(self.queue).set(threads.limit)
         self.stopping = anyio.Event()
+        #: Set by the first receive that comes back empty: the queue has been drained once.
+        self.quiet = anyio.Event()
+        #: Most pollers, how many should run, and the indices of those running.
+        self._bound = pollers_bound(settings.concurrency, settings.pollers)
+        self._auto = settings.pollers is None
+        self._target = 1 if self._auto else self._bound
+        self._running: set[int] = set()
+        self._pollers_gauge = metrics.pollers.labels(self.queue)
+        #: Cancel scopes of the parked receives in flight: stop() cancels them.
+        self._parked: set[anyio.CancelScope] = set()
         #: Runners waiting for their next group (LIFO), and whether they may wait any more.
         self._idle: list[_Runner] = []
         self._retired = False
@@ -144,8 +103,11 @@ class Consumer:
         metrics.concurrency_limit.labels(self.queue).set(settings.concurrency)
 
     def stop(self) -> None:
-        """Stop polling; receives in flight still return and what they bring is given back."""
+        """Stop polling: parked receives are cancelled (what SQS still hands them comes back within
+        PARKED_VISIBILITY seconds); busy ones still return and what they bring is given back."""
         self.stopping.set()
+        for scope in self._parked:
+            scope.cancel()
         self.slots.close()  # a poller held back by abandoned threads must not wait for them
         self.processor.drain()
 
@@ -162,9 +124,31 @@ class Consumer:
         """
         async with anyio.create_task_group() as work:
             async with anyio.create_task_group() as pollers:
-                for index in range(self.settings.pollers):
-                    pollers.start_soon(self._poll, work, index)
+                for _ in range(self._target):
+                    self._start_poller(pollers, work)
             self._retire_idle_runners()  # no more groups will come: idle runners end
+
+    @property
+    def pollers(self) -> int:
+        """Pollers running now."""
+        return len(self._running)
+
+    def _start_poller(self, pollers: TaskGroup, work: TaskGroup) -> None:
+        index = min(set(range(len(self._running) + 1)) - self._running)
+        self._running.add(index)
+        self._pollers_gauge.set(len(self._running))
+        pollers.start_soon(self._poll, pollers, work, index)
+
+    def _resize(self, pollers: TaskGroup, work: TaskGroup, *, asked: int, got: int) -> bool:
+        """After a receive: start a poller or ask this one to end (True) as next_pollers() decides."""
+        if not self._auto or self.stopping.is_set():
+            return False
+        self._target = next_pollers(
+            self._target, bound=self._bound, asked=asked, got=got, free=self.slots.free
+        )
+        if len(self._running) < self._target:
+            self._start_poller(pollers, work)
+        return len(self._running) > self._target
 
     def _dispatch(self, work: TaskGroup, group: list[tuple[Message, Any]], received_at: float) -> None:
         """Hand a group to an idle runner, or start a runner for it (their number stays under the limit)."""
@@ -206,43 +190,56 @@ class Consumer:
             runner = self._idle.pop()
             runner.ready.set()  # item None: the runner returns
 
-    async def _poll(self, work: TaskGroup, index: int) -> None:
+    async def _poll(self, pollers: TaskGroup, work: TaskGroup, index: int) -> None:
+        try:
+            await self._poll_loop(pollers, work, index)
+        finally:
+            self._running.discard(index)
+            self.health.poll_ended(index)
+            self._pollers_gauge.set(len(self._running))
+
+    async def _poll_loop(self, pollers: TaskGroup, work: TaskGroup, index: int) -> None:
         failures = 0
+        busy = False  # the first receive is parked: a stop right after start cancels it
         while not self.stopping.is_set():
             wanted = await self.slots.reserve(SQS_BATCH_MAX, self.health)
             if self.stopping.is_set():
                 self.slots.release(wanted)
                 return
+            plan = plan_poll(
+                busy=busy,
+                wait=self.settings.wait_time_seconds,
+                visibility=self.settings.visibility_timeout_seconds,
+            )
             sent = anyio.current_time()
-            self.health.poll_begun(index, sent + self.settings.wait_time_seconds + POLL_OVERDUE_MARGIN)
+            self.health.poll_begun(index, sent + plan.wait + POLL_OVERDUE_MARGIN)
+            response = None
+            scope = anyio.CancelScope()
+            if plan.parked:
+                self._parked.add(scope)
             try:
-                response = await receive(
-                    self.client,
-                    self.settings.queue_url,
-                    wanted,
-                    wait=self.settings.wait_time_seconds,
-                    visibility=self.settings.visibility_timeout_seconds,
-                )
+                with scope:
+                    response = await receive(
+                        self.client,
+                        self.settings.queue_url,
+                        wanted,
+                        wait=plan.wait,
+                        visibility=plan.visibility,
+                    )
             except CALL_ERRORS as exc:
                 self.health.poll_ended(index)
                 self.slots.release(wanted)
                 failures += 1
-                code = error_code(exc)
-                self.metrics.sqs_errors.labels("ReceiveMessage").inc()
-                if code in OVER_LIMIT_CODES:
-                    self.health.turned()
-                else:
-                    self.health.poll_failed(code)
-                delay = POLL_BACKOFF.delay(failures + 1)
-                if failures in (1, 5) or failures % 20 == 0:
-                    log.warning(
-                        "receive failed; backing off",
-                        extra={"event": "poll_failed", "error": code, "failures": failures, "poller": index},
-                    )
-                with anyio.move_on_after(delay):
+                busy = False
+                with anyio.move_on_after(self._receive_failed(exc, failures, index)):
                     await self.stopping.wait()
                 continue
+            finally:
+                self._parked.discard(scope)
             self.health.poll_ended(index)
+            if response is None:  # a parked receive cancelled by stop()
+                self.slots.release(wanted)
+                return
             retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
             if retried:
                 self.metrics.sqs_errors.labels("ReceiveMessage").inc(retried)
@@ -253,28 +250,96 @@ class Consumer:
             self._last_poll.set(time.time())
             entries = response.get("Messages", [])
             self.slots.release(wanted - len(entries))
+            busy = bool(entries)
             if not entries:
-                continue
-            self._received.inc(len(entries))
-            items = [parse_or_fallback(entry, self.settings.queue_url) for entry in entries]
-            now_ms = time.time() * 1000
-            for entry in entries:
-                sent_ms = sent_timestamp_ms(entry)
-                if sent_ms is not None:
-                    self._age.observe(max(0.0, now_ms - sent_ms) / 1000)
-            if self.stopping.is_set():
-                await self._give_back([m for m, _ in items], sent)
+                self.quiet.set()
+            leave = self._resize(pollers, work, asked=wanted, got=len(entries))
+            if entries:
+                await self._take(work, entries, sent, plan)
+            if leave or self.stopping.is_set():
                 return
-            for group in group_entries(items, self.settings.is_fifo):
-                self._dispatch(work, group, sent)
 
-    async def _give_back(self, messages: list[Message], received_at: float) -> None:
+    def _receive_failed(self, exc: BaseException, failures: int, index: int) -> float:
+        """Count and log a failed receive; the backoff before the next one."""
+        code = error_code(exc)
+        self.metrics.sqs_errors.labels("ReceiveMessage").inc()
+        if code in OVER_LIMIT_CODES:
+            self.health.turned()
+        else:
+            self.health.poll_failed(code)
+        if failures in (1, 5) or failures % 20 == 0:
+            log.warning(
+                "receive failed; backing off",
+                extra={"event": "poll_failed", "error": code, "failures": failures, "poller": index},
+            )
+        return POLL_BACKOFF.delay(failures + 1)
+
+    async def _take(self, work: TaskGroup, entries: list[Any], sent: float, plan: PollPlan) -> None:
+        """Dispatch what a receive brought: extended first when it was parked, given back when stopping."""
+        self._received.inc(len(entries))
+        items = [parse_or_fallback(entry, self.settings.queue_url) for entry in entries]
+        now_ms = time.time() * 1000
+        for entry in entries:
+            sent_ms = sent_timestamp_ms(entry)
+            if sent_ms is not None:
+                self._age.observe(max(0.0, now_ms - sent_ms) / 1000)
+        if not self.stopping.is_set() and plan.needs_extension(self.settings.visibility_timeout_seconds):
+            items = await self._extend(items)
+        if self.stopping.is_set():
+            await self._give_back([m for m, _ in items], sent)
+            return
+        # The lease counts from the receive's send (conservative: an extension only moved the deadline later).
+        for group in group_entries(items, self.settings.is_fifo):
+            self._dispatch(work, group, sent)
+
+    async def _extend(self, items: list[tuple[Message, Any]]) -> list[tuple[Message, Any]]:
+        """Extend a parked receive's messages to the full lease; those that fail are left to SQS."""
+        lease = self.settings.visibility_timeout_seconds
+        errors: list[str | None] = [None] * len(items)
+
+        async def one(position: int, message: Message) -> None:
+            entry = {"ReceiptHandle": message.receipt_handle, "VisibilityTimeout": lease}
+            errors[position] = await self.processor.visibility.submit(entry)
+
+        async with anyio.create_task_group() as tg:
+            for position, (message, _) in enumerate(items):
+                tg.start_soon(one, position, message)
+        failed = [message for (message, _), error in zip(items, errors, strict=True) if error is not None]
+        if not failed:
+            return items
+        # Not processed here: visible again within PARKED_VISIBILITY s; not an attempt for this worker.
+        for message in failed:
+            self.processor.handbacks.record(message.id)
+        self.slots.release(len(failed))
+        log.warning(
+            "could not extend received messages; left to SQS",
+            extra={
+                "event": "extension_failed",
+                "count": len(failed),
+                "error": next(error for error in errors if error is not None),
+            },
+        )
+        kept = [item for item, error in zip(items, errors, strict=True) if error is None]
+        if not self.settings.is_fifo:
+            return kept
+        # FIFO: a group's later messages must not run before its earlier one: they go back with it.
+        blocked = {message.group_id for message in failed}
+        behind = [item for item in kept if item[0].group_id in blocked]
+        if behind:
+            await self._give_back([m for m, _ in behind], anyio.current_time(), PARKED_VISIBILITY)
+        return [item for item in kept if item[0].group_id not in blocked]
+
+    async def _give_back(
+        self, messages: list[Message], received_at: float, seconds: int | None = None
+    ) -> None:
+        """Hand back unprocessed messages (default: for WAIT_TIME_SECONDS + 1 s while stopping)."""
         log.info(
             "giving back messages received while stopping",
             extra={"event": "give_back", "count": len(messages)},
         )
         try:
             leases = [self.processor.lease(received_at) for _ in messages]
-            await self.processor.give_back(messages, leases, self.processor.handback_seconds)
+            wait = self.processor.handback_seconds if seconds is None else seconds
+            await self.processor.give_back(messages, leases, wait)
         finally:
             self.slots.release(len(messages))

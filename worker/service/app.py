@@ -18,6 +18,7 @@ from worker.engine.consumer import Consumer
 from worker.engine.handler import LoadedHandler, load_handler
 from worker.engine.lease import Heartbeats
 from worker.engine.outcome import OutcomeSink
+from worker.engine.pollers import pollers_bound
 from worker.engine.processor import Processor
 from worker.engine.threads import AbandonedThreads
 from worker.service.http import HttpServer
@@ -25,6 +26,7 @@ from worker.service.permissions import log_missing_permissions
 from worker.service.signals import stop_on_signals
 from worker.service.startup import QueueInfo, inspect_queue
 from worker.settings import Settings
+from worker.telemetry.emf_writer import EmfExporter
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics
 
@@ -51,6 +53,19 @@ async def watch_queue_depth(
         await anyio.sleep(interval)
 
 
+#: The IAM permission check (advisory: it only logs) waits for a receive to come back empty, this long at
+#: most: creating its STS and IAM clients costs about 0.2 s of event-loop time (botocore loads their
+#: models), which would otherwise delay the first messages or slow down a backlog.
+PERMISSION_CHECK_DEFER_SECONDS = 60.0
+
+
+async def check_permissions_when_quiet(settings: Settings, info: QueueInfo, quiet: anyio.Event) -> None:
+    """Log the missing IAM permissions once the queue was found empty (or after a minute of backlog)."""
+    with anyio.move_on_after(PERMISSION_CHECK_DEFER_SECONDS):
+        await quiet.wait()
+    await log_missing_permissions(settings, info.arn, info.dlq_url)
+
+
 async def run_worker(
     settings: Settings,
     *,
@@ -67,22 +82,26 @@ async def run_worker(
     handler = load_handler(
         settings.handler, thread_limiter=anyio.CapacityLimiter(settings.concurrency), abandoned=threads
     )
-    pool = settings.pollers + min(settings.concurrency, 100) + 10
+    pool = pollers_bound(settings.concurrency, settings.pollers) + min(settings.concurrency, 100) + 10
     config = client_config(read_timeout=settings.wait_time_seconds + 15, pool=pool)
     async with create_client("sqs", config) as client:
         info = await inspect_queue(client, settings)
         health.poll_succeeded()  # SQS just answered: ready without waiting for the first long poll to return
         async with anyio.create_task_group() as services:
-            services.start_soon(log_missing_permissions, settings, info.arn, info.dlq_url)
             if sink is None:
                 sink = await services.start(build_sink, settings, metrics)
             worker = Worker(
                 settings, client, metrics, health, info, handler_path=handler.path, threads=threads
             )
+            services.start_soon(check_permissions_when_quiet, settings, info, worker.quiet)
             http_port = await services.start(
                 HttpServer(settings.http_host, settings.http_port, metrics, health).serve
             )
             worker.http_port = http_port
+            if settings.metrics_emf != "off":  # CloudWatch EMF lines, the last flush after the drain
+                await services.start(
+                    EmfExporter.for_settings(settings, metrics, queue_name(settings.queue_url)).run
+                )
             services.start_soon(
                 watch_queue_depth,
                 client,
@@ -120,6 +139,8 @@ class Worker:
         self.http_port = 0
         self.stopping = anyio.Event()
         self.forced = anyio.Event()
+        #: Set once a receive came back empty (the consumer's ``quiet``): start-up chores may run then.
+        self.quiet = anyio.Event()
 
     def stop(self) -> None:
         """First call: drain. Second call: force (cancel handlers, give their messages back)."""
@@ -161,6 +182,7 @@ class Worker:
             health=self.health,
             threads=self.threads,
         )
+        consumer.quiet = self.quiet
         async with anyio.create_task_group() as batchers:
             await batchers.start(deleter.run)
             await batchers.start(visibility.run)

@@ -56,6 +56,12 @@ class Metrics:
         self.concurrency_limit = Gauge(
             "worker_concurrency_limit", "Configured maximum of messages in flight.", ["queue"], registry=r
         )
+        self.pollers = Gauge(
+            "worker_pollers",
+            "Receive loops running (automatic between 1 and its bound unless WORKER_POLLERS fixes them).",
+            ["queue"],
+            registry=r,
+        )
         self.abandoned_threads = Gauge(
             "worker_abandoned_threads",
             "Threads of timed-out plain def handlers still running (abandoned at their deadline).",
