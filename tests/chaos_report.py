@@ -19,8 +19,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: The suite's own outputs: writing them does not make the measured code dirty.
+OUTPUTS = ("docs/chaos-results.json", "docs/RELIABILITY.md")
+
+
 def git_state(root: Path = ROOT) -> dict[str, Any]:
-    """{"git_sha": full SHA or None, "dirty": True when tracked files differ from the commit}."""
+    """{"git_sha": full SHA or None, "dirty": True when tracked files other than OUTPUTS differ from it}."""
 
     def git(*args: str) -> str | None:
         done = subprocess.run(
@@ -29,7 +33,9 @@ def git_state(root: Path = ROOT) -> dict[str, Any]:
         return done.stdout.strip() if done.returncode == 0 else None
 
     sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", *(f":!{path}" for path in OUTPUTS)
+    )
     return {"git_sha": sha, "dirty": None if status is None else bool(status)}
 
 
