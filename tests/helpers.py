@@ -5,8 +5,9 @@ from __future__ import annotations
 import collections
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +318,42 @@ class WorkerProcess:
             self.proc.wait()
         if self.proc is not None:
             self._log.close()
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished command-line run."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_concurrently(commands: Mapping[str, tuple[list[str], dict[str, str]]], cwd: Path) -> dict[str, Run]:
+    """Start ``python <argv>`` for every (argv, env) at once (each a fresh interpreter), then collect them."""
+    import subprocess
+    import sys
+
+    started = {
+        name: subprocess.Popen(
+            [sys.executable, *argv],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, (argv, env) in commands.items()
+    }
+    finished: dict[str, Run] = {}
+    try:
+        for name, proc in started.items():
+            stdout, stderr = proc.communicate(timeout=60)
+            finished[name] = Run(proc.returncode, stdout, stderr)
+    finally:
+        for proc in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return finished

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tests.conftest import assert_loopback
+from tests.helpers import Run, run_concurrently
 from worker.ops.config_view import (
     AWS_CREDENTIALS,
     REDACTED,
@@ -316,15 +314,6 @@ raise SystemExit(code)
 """
 
 
-@dataclass(frozen=True)
-class Run:
-    """A finished CLI run."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-
 #: The cases run through a fresh interpreter each (the rest call main() in process, for speed).
 CASES: dict[str, tuple[list[str], dict[str, str | None]]] = {
     "text": (
@@ -347,29 +336,9 @@ CASES: dict[str, tuple[list[str], dict[str, str | None]]] = {
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """Every subprocess case of this module, started at once (each a fresh interpreter), then collected."""
     workdir: Path = tmp_path_factory.mktemp("config")
-    started = {
-        name: subprocess.Popen(
-            [sys.executable, *argv],
-            env=command_env(changes),
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, (argv, changes) in CASES.items()
-    }
-    finished: dict[str, Run] = {}
-    try:
-        for name, proc in started.items():
-            stdout, stderr = proc.communicate(timeout=60)
-            finished[name] = Run(proc.returncode, stdout, stderr)
-    finally:
-        for proc in started.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return finished
+    return run_concurrently(
+        {name: (argv, command_env(changes)) for name, (argv, changes) in CASES.items()}, workdir
+    )
 
 
 def no_credentials(run: Run) -> None:

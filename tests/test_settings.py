@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from tests.helpers import Run, run_concurrently
 from worker.errors import ConfigError
 from worker.settings import Settings, derived_wait_seconds, load_settings
 
@@ -108,15 +107,6 @@ def sealed_env(empty_file: Path, changes: dict[str, str | None]) -> dict[str, st
     return env
 
 
-@dataclass(frozen=True)
-class Run:
-    """A finished CLI run."""
-
-    code: int
-    stdout: str
-    stderr: str
-
-
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     """Every CLI case of this module, started at once (each is a fresh interpreter) and then collected."""
@@ -128,29 +118,12 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     }
     commands["no arguments"] = ([], sealed_env(empty, {}))
     commands["unknown command"] = (["bogus"], sealed_env(empty, {}))
-    procs = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "worker", *argv],
-            env=env,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for name, (argv, env) in commands.items()
-    }
-    runs: dict[str, Run] = {}
-    try:
-        for name, proc in procs.items():
-            stdout, stderr = proc.communicate(timeout=60)
-            runs[name] = Run(proc.returncode, stdout, stderr)
-    finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return runs
+    # No AWS region anywhere (sealed_env sets none); the endpoint is a dead loopback port.
+    no_region = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "WORKER_HANDLER": "builtins:print"}
+    commands["no region"] = (["run"], sealed_env(empty, no_region))
+    return run_concurrently(
+        {name: (["-m", "worker", *argv], env) for name, (argv, env) in commands.items()}, workdir
+    )
 
 
 @pytest.mark.parametrize("case", CLI_CASES)
@@ -352,31 +325,10 @@ def test_max_age_and_permanent_errors_read(env: pytest.MonkeyPatch) -> None:
     assert settings.permanent_errors == ["builtins:KeyError", "json.decoder:JSONDecodeError"]
 
 
-def test_run_without_a_region_exits_2_with_one_line(tmp_path: Path) -> None:
+def test_run_without_a_region_exits_2_with_one_line(cli_runs: dict[str, Run]) -> None:
     """`worker run` with no AWS region anywhere exits 2 with one line naming AWS_REGION, not a traceback."""
-    empty = tmp_path / "empty"
-    empty.write_text("")
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("WORKER_", "AWS_"))}
-    env.update(
-        AWS_CONFIG_FILE=str(empty),
-        AWS_SHARED_CREDENTIALS_FILE=str(empty),
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_ENDPOINT_URL="http://127.0.0.1:9",  # nothing listens there: a stray call could reach nobody
-        WORKER_QUEUE_URL="http://127.0.0.1:9/000000000000/q",
-        WORKER_DLQ_URL="http://127.0.0.1:9/000000000000/q-dlq",
-        WORKER_HANDLER="builtins:print",
-    )
-    run = subprocess.run(
-        [sys.executable, "-m", "worker", "run"],
-        env=env,
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert run.returncode == 2, run.stderr
+    run = cli_runs["no region"]
+    assert run.code == 2, run.stderr
     assert run.stderr.splitlines() == [
         "worker: configuration error: no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or region in the "
         "AWS config profile)"

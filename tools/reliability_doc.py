@@ -11,7 +11,6 @@ kill -9 trials, no commit stamp) is summarised as such, with the instruction to 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from settings_doc import replace_between  # tools/settings_doc.py: the one marker helper
+from settings_doc import page_main, replace_between  # tools/settings_doc.py: the one marker helper
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "RELIABILITY.md"
@@ -167,30 +166,14 @@ def update_page(text: str, report: Any = None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Rewrite the page, or with ``--check`` report (exit 1) that it is stale."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale; write nothing")
-    args = parser.parse_args(argv)
-    name = _shown(PAGE)
-    try:
-        current = PAGE.read_text(encoding="utf-8")
-        wanted = update_page(current)
-    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
-        print(f"reliability_doc: {exc}", file=sys.stderr)
-        return 1
-    if wanted == current:
-        if not args.check:
-            print(f"reliability_doc: {name} is up to date")
-        return 0
-    if args.check:
-        print(
-            f"reliability_doc: {name} is stale (figures differ from {_shown(REPORT)}): "
-            "run python tools/reliability_doc.py",
-            file=sys.stderr,
-        )
-        return 1
-    PAGE.write_text(wanted, encoding="utf-8")
-    print(f"reliability_doc: rewrote the figures in {name} from {_shown(REPORT)}")
-    return 0
+    return page_main(
+        argv,
+        tool="reliability_doc",
+        page=PAGE,
+        update=update_page,
+        what="the figures",
+        stale=f"figures differ from {_shown(REPORT)}: run python tools/reliability_doc.py",
+    )
 
 
 if __name__ == "__main__":

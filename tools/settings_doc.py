@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -199,31 +199,52 @@ def update_page(text: str, table: str | None = None) -> str:
     return replace_between(text, START, END, f"{NOTE}\n\n{body}", _shown(PAGE))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Rewrite the page, or with ``--check`` report (exit 1) that it is stale."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def page_main(
+    argv: list[str] | None,
+    *,
+    tool: str,
+    page: Path,
+    update: Callable[[str], str],
+    what: str,
+    stale: str,
+) -> int:
+    """The command line of a generated page: rewrite it, or with ``--check`` exit 1 when it is stale.
+
+    Shared by this tool and tools/reliability_doc.py; ``what`` names the generated part ("the settings
+    table"), ``stale`` says why it differs and how to regenerate it.
+    """
+    parser = argparse.ArgumentParser(prog=tool, description=f"regenerate {what} in {_shown(page)}")
     parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale; write nothing")
     args = parser.parse_args(argv)
-    name = _shown(PAGE)
+    name = _shown(page)
     try:
-        current = PAGE.read_text(encoding="utf-8")
-        wanted = update_page(current)
-    except (OSError, ValueError) as exc:
-        print(f"settings_doc: {exc}", file=sys.stderr)
+        current = page.read_text(encoding="utf-8")
+        wanted = update(current)
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        print(f"{tool}: {exc}", file=sys.stderr)
         return 1
     if wanted == current:
         if not args.check:
-            print(f"settings_doc: {name} is up to date")
+            print(f"{tool}: {name} is up to date")
         return 0
     if args.check:
-        print(
-            f"settings_doc: {name} is stale (settings table differs from worker/settings.py): run make docs",
-            file=sys.stderr,
-        )
+        print(f"{tool}: {name} is stale ({stale})", file=sys.stderr)
         return 1
-    PAGE.write_text(wanted, encoding="utf-8")
-    print(f"settings_doc: rewrote the settings table in {name}")
+    page.write_text(wanted, encoding="utf-8")
+    print(f"{tool}: rewrote {what} in {name}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the page, or with ``--check`` report (exit 1) that it is stale."""
+    return page_main(
+        argv,
+        tool="settings_doc",
+        page=PAGE,
+        update=update_page,
+        what="the settings table",
+        stale="settings table differs from worker/settings.py: run make docs",
+    )
 
 
 if __name__ == "__main__":
