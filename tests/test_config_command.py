@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tests.conftest import assert_loopback
 from tests.helpers import Run, run_concurrently
+from tests.test_settings import DLQ, GOOD, HANDLER, QUEUE
 from worker.ops.config_view import (
     AWS_CREDENTIALS,
     REDACTED,
@@ -30,10 +31,6 @@ from worker.ops.config_view import (
 )
 from worker.settings import ENV_PREFIX, Settings, env_name, load_settings
 
-QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
-DLQ = "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq"
-HANDLER = "app.handlers:handle"
-GOOD = {"WORKER_QUEUE_URL": QUEUE, "WORKER_HANDLER": HANDLER, "WORKER_DLQ_URL": DLQ}
 #: Credentials the subprocesses get: distinctive, so their absence from the output means something.
 SECRET_KEY = "wJalrXUtnFEMIK7MDENGbPxRfiCYzSecretValue1"
 SESSION_TOKEN = "IQoJb3JpZ2luX2VjSessionTokenValue"
@@ -47,7 +44,7 @@ NOWHERE = "http://127.0.0.1:9"
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """An environment with only GOOD's WORKER_* variables set."""
+    """An environment with only GOOD's WORKER_* variables set (as tests/test_settings.py's fixture)."""
     for name in list(os.environ):
         if name.upper().startswith("WORKER_"):
             monkeypatch.delenv(name)

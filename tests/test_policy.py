@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import given, settings
@@ -615,13 +615,7 @@ def test_the_cap_only_turns_retries_into_max_age_exceeded(
     since: float,
 ) -> None:
     """With a cap, the decision is the uncapped one, except that a retry at age >= cap is MaxAgeExceeded."""
-    capped = RetryConfig(
-        max_attempts=config.max_attempts,
-        immediate_retries=config.immediate_retries,
-        backoff_base_seconds=config.backoff_base_seconds,
-        backoff_max_seconds=config.backoff_max_seconds,
-        max_message_age_seconds=cap,
-    )
+    capped = replace(config, max_message_age_seconds=cap)
     attempt = Attempt(
         outcome,
         receive_count,
@@ -647,13 +641,7 @@ def test_simulated_aging_life_runs_at_least_once_and_ends_in_the_dlq(
     config: RetryConfig, cap: float, step: float, jitter: float
 ) -> None:
     """A failing message aging ``step`` s per delivery runs 1..max_attempts times, then is dead-lettered."""
-    capped = RetryConfig(
-        max_attempts=config.max_attempts,
-        immediate_retries=config.immediate_retries,
-        backoff_base_seconds=config.backoff_base_seconds,
-        backoff_max_seconds=config.backoff_max_seconds,
-        max_message_age_seconds=cap,
-    )
+    capped = replace(config, max_message_age_seconds=cap)
     invocations, receive_count = 0, 0
     while True:
         receive_count += 1
