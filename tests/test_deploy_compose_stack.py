@@ -23,7 +23,7 @@ import anyio
 import pytest
 
 from tests.conftest import start_or_skip
-from tests.helpers import free_port, http_get_async, wait_for
+from tests.helpers import endpoint_env, free_port, http_get_async, wait_for
 from tests.test_deploy_support import COMPOSE, ROOT, load_yaml, settings_from_env
 
 pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -137,6 +137,21 @@ async def test_hook_creates_the_topology_the_compose_worker_uses(clients: dict[s
     }
     assert (topic, source["QueueArn"]) in subscriptions
     assert any(arn == alerts for arn, _ in subscriptions)
+
+
+def test_hook_topology_is_the_one_worker_topology_defines(
+    compose_localstack: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`worker topology --check` passes on the hook's orders topology (subscription DLQ and policies too)."""
+    from worker.cli import main
+
+    with endpoint_env(compose_localstack):
+        code = main(
+            ["topology", "--check", "--topic", "orders", "--queue", "orders", "--max-receive-count", "8"]
+        )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "  ok       subscription-dlq orders-sns-dlq policy " in out
 
 
 async def test_compose_worker_and_traffic_run_end_to_end_and_stop_within_the_grace_period(

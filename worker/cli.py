@@ -13,8 +13,8 @@ from worker.errors import ConfigError, first_of
 def build_parser(*, operator_tools: bool = True) -> argparse.ArgumentParser:
     """The argument parser with one sub-command per job.
 
-    ``operator_tools=False`` leaves out ``dlq`` and ``redrive`` (their arguments live in worker.ops): the
-    parser ``worker run`` uses, so its start imports nothing it does not need.
+    ``operator_tools=False`` leaves out ``dlq``, ``redrive`` and ``topology`` (their arguments live in
+    worker.ops): the parser ``worker run`` uses, so its start imports nothing it does not need.
     """
     parser = argparse.ArgumentParser(
         prog="worker",
@@ -54,9 +54,11 @@ def build_parser(*, operator_tools: bool = True) -> argparse.ArgumentParser:
     demo.add_argument("--summary-json", default=None, metavar="PATH", help="also write the summary as JSON")
     if operator_tools:
         from worker.ops.arguments import add_dlq_parser, add_redrive_parser
+        from worker.ops.topology_cli import add_topology_parser
 
         add_dlq_parser(sub)
         add_redrive_parser(sub)
+        add_topology_parser(sub)
     return parser
 
 
@@ -84,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prefix=args.prefix,
                 summary_json=args.summary_json,
             )
+        if args.command == "topology":
+            from worker.ops.topology import main as topology_main
+
+            return topology_main(args)
         if args.command in ("dlq", "redrive"):
             from worker.ops.settings import load_tool_settings
 

@@ -74,6 +74,8 @@ def print_summary(summary: Summary, topo: Topology, http_port: int, out: Any) ->
     w("\nWhere to look next\n")
     w(f"  metrics         http://127.0.0.1:{http_port}/metrics   (while the demo runs; use --keep)\n")
     w(f"  the DLQ         {topo.dlq_url}   (each message carries a 'worker.failure' attribute)\n")
+    if topo.subscription_dlq_url:
+        w(f"  subscription DLQ {topo.subscription_dlq_url}   (what SNS could not deliver to the queue)\n")
     w(f"  failure records s3://{topo.bucket}/{topo.prefix}/<yyyy>/<mm>/<dd>/<condition>/<message id>.json\n")
     w(
         f"  run it yourself AWS_ENDPOINT_URL={os.environ.get('AWS_ENDPOINT_URL', '')} "

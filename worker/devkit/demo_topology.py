@@ -1,18 +1,21 @@
 """`worker demo`'s stack: the SNS topics, SQS queues and S3 bucket it creates, and what they hold.
 
 SNS topic -> SQS queue (RedrivePolicy) -> worker -> DLQ, with failure records archived in S3, failure
-alerts on an SNS topic (delivered to an inbox queue) and success confirmations on an SQS queue.
+alerts on an SNS topic (delivered to an inbox queue) and success confirmations on an SQS queue. The
+orders topic, queue, DLQ, subscription and subscription DLQ are `worker topology`'s (one definition).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from worker.aws.client import client_config, create_client
 from worker.aws.queues import queue_depth
+from worker.ops.topology import ensure_topology
+from worker.ops.topology_records import Status
+from worker.ops.topology_spec import build_spec
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.literals import QueueAttributeNameType
@@ -30,10 +33,20 @@ class Topology:
     alerts_inbox_url: str
     bucket: str
     prefix: str = "failed"
+    #: Where SNS puts what it could not deliver to the queue (the subscription's RedrivePolicy).
+    subscription_dlq_url: str = ""
 
 
 async def create_topology(prefix: str, max_receive_count: int) -> Topology:
     """Create the topic, queues, bucket and subscriptions (idempotent: reruns reuse them, emptied)."""
+    spec = build_spec(topic=f"{prefix}-orders", queue=f"{prefix}-orders", max_receive_count=max_receive_count)
+    orders = await ensure_topology(spec)
+    if not orders.ok:
+        failing = [c.what for c in orders.checks if c.status != Status.OK]
+        raise RuntimeError(f"demo topology incomplete: {', '.join(failing)}")
+    topic_arn = orders.arns.topic
+    queue_url, dlq_url = str(orders.seen.queue.url), str(orders.seen.dlq.url)
+    subscription_dlq_url = str(orders.seen.subscription_dlq.url)
     async with (
         create_client("sqs", client_config()) as sqs,
         create_client("sns", client_config()) as sns,
@@ -48,16 +61,11 @@ async def create_topology(prefix: str, max_receive_count: int) -> Topology:
             arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]
             return url, arn["QueueArn"]
 
-        dlq_url, dlq_arn = await queue(f"{prefix}-orders-dlq")
-        redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receive_count})
-        queue_url, queue_arn = await queue(
-            f"{prefix}-orders", {"RedrivePolicy": redrive, "VisibilityTimeout": "30"}
-        )
+        for url in (queue_url, dlq_url, subscription_dlq_url):
+            await sqs.purge_queue(QueueUrl=url)
         confirmations_url, _ = await queue(f"{prefix}-orders-confirmed")
         inbox_url, inbox_arn = await queue(f"{prefix}-alerts-inbox")
-        topic_arn = (await sns.create_topic(Name=f"{prefix}-orders"))["TopicArn"]
         alerts_arn = (await sns.create_topic(Name=f"{prefix}-alerts"))["TopicArn"]
-        await sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
         await sns.subscribe(
             TopicArn=alerts_arn, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "true"}
         )
@@ -66,7 +74,16 @@ async def create_topology(prefix: str, max_receive_count: int) -> Topology:
         listed = await s3.list_objects_v2(Bucket=bucket)
         for item in listed.get("Contents", []):
             await s3.delete_object(Bucket=bucket, Key=item["Key"])
-    return Topology(topic_arn, queue_url, dlq_url, confirmations_url, alerts_arn, inbox_url, bucket)
+    return Topology(
+        topic_arn,
+        queue_url,
+        dlq_url,
+        confirmations_url,
+        alerts_arn,
+        inbox_url,
+        bucket,
+        subscription_dlq_url=subscription_dlq_url,
+    )
 
 
 async def count_messages(url: str) -> int:

@@ -1,1 +1,1 @@
-"""Operator tools: `worker config`, `worker dlq` and `worker redrive`."""
+"""Operator tools: `worker config`, `worker dlq`, `worker redrive` and `worker topology`."""

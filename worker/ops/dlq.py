@@ -23,6 +23,7 @@ from worker.aws.client import CALL_ERRORS, client_config, create_client, error_c
 from worker.aws.names import queue_name
 from worker.aws.queues import DEPTH_ATTRIBUTES, receive
 from worker.limits import SQS_BATCH_MAX
+from worker.ops import dlq_envelopes
 from worker.ops.filters import NO_RECORD, Filter, all_match
 from worker.ops.hold import HeldMessages
 from worker.ops.redrive.plan import DeadLetteredMessage
@@ -41,6 +42,7 @@ AGE_BUCKETS: tuple[tuple[float, str], ...] = (
     (float("inf"), "> 7 d"),
 )
 RECEIVE_COUNT_NOTE = "a scan raises each scanned message's receive count (ApproximateReceiveCount)"
+BROKER_NO_RECORD = "(no worker record: moved by the broker)"
 
 
 @dataclass(slots=True)
@@ -116,6 +118,7 @@ def record_row(dead: DeadLetteredMessage, now: datetime, *, show_body: bool) -> 
         "receive_count": dead.message.receive_count,
         "group_id": dead.message.group_id,
         "attributes": sorted(dead.original_attributes()),
+        "sns": dlq_envelopes.sns_details(dead.message),
     }
     if show_body:
         row["body"] = dead.message.raw_body
@@ -138,6 +141,7 @@ def build_report(
         "counts": {state: dlq.count(name) for state, name in DEPTH_ATTRIBUTES.items()},
         "redrive_policy": dlq.redrive_policy,
         "source_queues": sources,
+        "subscription_dlq": dlq_envelopes.subscription_dlq_info(dlq.attributes, dlq.arn),
         "scan": None,
     }
     if scan_result is None:
@@ -155,6 +159,7 @@ def build_report(
         "by_error_type": dict(Counter(d.error_type for d in matched).most_common()),
         "by_source": dict(Counter(d.source_name or "(unknown)" for d in matched).most_common()),
         "by_age": {label: n for label, n in Counter(age_bucket(d.age(now)) for d in matched).items() if n},
+        "by_topic": dlq_envelopes.by_topic(dlq_envelopes.sns_details(d.message) for d in matched),
         "records": [record_row(d, now, show_body=show_body) for d in shown],
     }
     order = [label for _, label in AGE_BUCKETS] + ["unknown"]
@@ -164,11 +169,11 @@ def build_report(
     return report
 
 
-def _table(title: str, counts: dict[str, int]) -> list[str]:
+def _table(title: str, counts: dict[str, int], no_record: str = BROKER_NO_RECORD) -> list[str]:
     lines = [title]
     width = max((len(k) for k in counts), default=0)
     for key, n in counts.items():
-        label = f"{key} (no worker record: moved by the broker)" if key == NO_RECORD else key
+        label = f"{key} {no_record}" if key == NO_RECORD else key
         lines.append(f"  {label:<{width}}  {n:>7}")
     return lines
 
@@ -184,6 +189,7 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"  source queues (RedrivePolicy): {', '.join(report['source_queues'])}")
     if report["redrive_policy"]:
         lines.append(f"  its own RedrivePolicy: {json.dumps(report['redrive_policy'])}")
+    lines += dlq_envelopes.header_lines(report.get("subscription_dlq"))
     scan_data = report["scan"]
     if scan_data is None:
         return "\n".join(lines)
@@ -197,8 +203,11 @@ def render_text(report: dict[str, Any]) -> str:
     if scan_data["not_released"]:
         lines.append(f"  {scan_data['not_released']} could not be given back at once: they reappear shortly")
     if scan_data["matched"]:
-        lines += ["", *_table("By error type", scan_data["by_error_type"])]
+        no_record = dlq_envelopes.NO_RECORD_LABEL if report.get("subscription_dlq") else BROKER_NO_RECORD
+        lines += ["", *_table("By error type", scan_data["by_error_type"], no_record)]
         lines += ["", *_table("By source queue", scan_data["by_source"])]
+        if scan_data.get("by_topic"):
+            lines += ["", *_table("By SNS topic", scan_data["by_topic"])]
         lines += ["", *_table("By age (since dead-lettered)", scan_data["by_age"])]
     records = scan_data["records"]
     if records:
@@ -217,6 +226,7 @@ def render_text(report: dict[str, Any]) -> str:
             )
             if row.get("error_message"):
                 lines.append(f"      {row['error_message'][:100]}")
+            lines += dlq_envelopes.record_lines(row.get("sns"))
             if "body" in row:
                 lines.append(f"      body: {row['body']}")
     return "\n".join(lines)

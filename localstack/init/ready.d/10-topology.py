@@ -1,6 +1,7 @@
 """LocalStack ready hook: the compose stack's topology, created once LocalStack serves requests.
 
     SNS topic orders ──> SQS orders (RedrivePolicy: maxReceiveCount 8 ──> orders-dlq)
+        └─ subscription RedrivePolicy ──> SQS orders-sns-dlq (what SNS could not deliver to orders)
     SQS orders-confirmed                     (on-success destination)
     S3 orders-failures                       (on-failure records, under failed/)
     SNS orders-alerts ──> SQS orders-alerts-inbox (raw delivery; on-failure alerts, kept 1 hour)
@@ -9,7 +10,9 @@
 docker-compose.yml mounts this directory at /etc/localstack/init/ready.d; LocalStack runs ``.py`` hooks
 with ``exec`` inside its own process (boto3 is there), and its healthcheck reports healthy only once this
 script has succeeded, so the worker never starts against a missing queue. Idempotent: a rerun keeps
-what exists. tests/test_deploy_compose_stack.py runs it the same way in an embedded LocalStack.
+what exists. tests/test_deploy_compose_stack.py runs it the same way in an embedded LocalStack, and checks
+the orders part with `worker topology --check --topic orders --queue orders --max-receive-count 8` (the
+same topology `worker topology` creates: LocalStack's image has boto3 but not the worker, hence this copy).
 """
 
 import json
@@ -77,7 +80,18 @@ def create_topology():
     _queue(sqs, f"{PREFIX}-confirmed", MessageRetentionPeriod="3600")
     topic_arn = sns.create_topic(Name=PREFIX)["TopicArn"]
     _allow_topic(sqs, queue_url, queue_arn, topic_arn)
-    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    # The subscription's own DLQ: deliveries SNS gives up on (queue deleted, policy or KMS refusing SNS).
+    sns_dlq_url, sns_dlq_arn = _queue(sqs, f"{PREFIX}-sns-dlq", MessageRetentionPeriod="1209600")
+    _allow_topic(sqs, sns_dlq_url, sns_dlq_arn, topic_arn)
+    sns.subscribe(
+        TopicArn=topic_arn,
+        Protocol="sqs",
+        Endpoint=queue_arn,
+        Attributes={
+            "RawMessageDelivery": "false",
+            "RedrivePolicy": json.dumps({"deadLetterTargetArn": sns_dlq_arn}),
+        },
+    )
 
     alerts_arn = sns.create_topic(Name=f"{PREFIX}-alerts")["TopicArn"]
     inbox_url, inbox_arn = _queue(sqs, f"{PREFIX}-alerts-inbox", MessageRetentionPeriod="3600")
