@@ -13,11 +13,12 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+from pydantic import BaseModel
 
 from worker.aws.queues import queue_depth
 from worker.engine.outcome import Outcome
 from worker.service.app import Worker, run_worker
-from worker.settings import Settings
+from worker.settings import ENV_PREFIX, Settings
 from worker.telemetry.metrics import Metrics
 
 
@@ -357,3 +358,14 @@ def run_concurrently(commands: Mapping[str, tuple[list[str], dict[str, str]]], c
                 proc.kill()
                 proc.wait()
     return finished
+
+
+def setting_variables(model: type[BaseModel] | None = None, prefix: str = ENV_PREFIX) -> list[str]:
+    """Every leaf setting's variable in field order: a nested model's fields as WORKER_FIELD__SUB."""
+    names: list[str] = []
+    for field, info in (model or Settings).model_fields.items():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            names += setting_variables(info.annotation, f"{prefix}{field.upper()}__")
+        else:
+            names.append(f"{prefix}{field.upper()}")
+    return names

@@ -54,6 +54,9 @@ async def test_delayed_retries_grow_exponentially_with_full_jitter(
         immediate_retries=0,
         backoff_base_seconds=BASE,
         backoff_max_seconds=3600,
+        # Every call fails: the `handler` circuit breaker would open and hold the messages back (its job,
+        # tests/test_breaker_outage.py); this test measures the backoff between attempts without it.
+        breaker={"enabled": False},
     ):
         await send_bodies(sqs, q["url"], [{"key": key} for key in keys])
         # Worst case: 1 + 1 + 3 + 7 + 15 s of delays, plus a redelivery latency per retry.

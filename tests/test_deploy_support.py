@@ -111,9 +111,10 @@ def environment(values: dict[str, str]) -> Iterator[None]:
 
 def settings_from_env(env: dict[str, str]) -> Any:
     """Settings exactly as ``worker run`` would build them from these variables (ConfigError if bad)."""
-    from worker.settings import ENV_PREFIX, Settings, load_settings
+    from tests.helpers import setting_variables
+    from worker.settings import ENV_PREFIX, load_settings
 
-    names = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields}
+    names = set(setting_variables())
     unknown = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in names)
     assert not unknown, f"not worker settings (see worker/settings.py): {unknown}"
     with environment({k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}):

@@ -288,11 +288,9 @@ def _neighbours(resource: str) -> list[str]:
         assert resource.endswith("/*"), resource
         prefix = resource[: -len("/*")]
         bucket = resource.removeprefix("arn:aws:s3:::").split("/")[0]
-        others = [
-            f"{prefix}-old/x.json",
-            f"arn:aws:s3:::{bucket}/x.json",
-            f"arn:aws:s3:::{bucket}-old/x.json",
-        ]
+        others = [f"{prefix}-old/x.json", f"arn:aws:s3:::{bucket}-old/x.json"]
+        if prefix != f"arn:aws:s3:::{bucket}":  # under a prefix, the bucket root is a neighbour
+            others.append(f"arn:aws:s3:::{bucket}/x.json")
         return [*others, f"arn:aws:s3:::{bucket}"]  # the bucket itself, for bucket-level actions
     parts = resource.split(":")  # arn, partition, service, region, account, resource
     out = [f"{resource}-other"]

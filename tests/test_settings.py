@@ -13,8 +13,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from tests.helpers import Run, run_concurrently
+from worker.engine.breaker import BreakerConfig
 from worker.errors import ConfigError
 from worker.settings import Settings, derived_wait_seconds, load_settings
+from worker.settings_groups import BreakerSettings
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 DLQ = "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq"
@@ -70,6 +72,26 @@ BAD: dict[str, Bad] = {
     "permanent errors entry without colon": Bad(
         {"WORKER_PERMANENT_ERRORS": "builtins:KeyError,KeyError"}, "WORKER_PERMANENT_ERRORS"
     ),
+    "breaker ratio zero": Bad({"WORKER_BREAKER__FAILURE_RATIO": "0"}, "WORKER_BREAKER__FAILURE_RATIO"),
+    "breaker ratio above 1": Bad({"WORKER_BREAKER__FAILURE_RATIO": "1.5"}, "WORKER_BREAKER__FAILURE_RATIO"),
+    "breaker ratio not a number": Bad(
+        {"WORKER_BREAKER__FAILURE_RATIO": "half"}, "WORKER_BREAKER__FAILURE_RATIO"
+    ),
+    "breaker min calls zero": Bad({"WORKER_BREAKER__MIN_CALLS": "0"}, "WORKER_BREAKER__MIN_CALLS"),
+    "breaker window zero": Bad({"WORKER_BREAKER__WINDOW_SECONDS": "0"}, "WORKER_BREAKER__WINDOW_SECONDS"),
+    "breaker open above 12 h": Bad({"WORKER_BREAKER__OPEN_SECONDS": "43201"}, "WORKER_BREAKER__OPEN_SECONDS"),
+    "breaker open not finite": Bad({"WORKER_BREAKER__OPEN_SECONDS": "inf"}, "WORKER_BREAKER__OPEN_SECONDS"),
+    "breaker probes zero": Bad({"WORKER_BREAKER__HALF_OPEN_CALLS": "0"}, "WORKER_BREAKER__HALF_OPEN_CALLS"),
+    "breaker enabled not a boolean": Bad({"WORKER_BREAKER__ENABLED": "maybe"}, "WORKER_BREAKER__ENABLED"),
+    "breaker route without colon": Bad(
+        {"WORKER_BREAKER__ROUTE": "app.routes.route"}, "WORKER_BREAKER__ROUTE"
+    ),
+    "breaker unknown field": Bad({"WORKER_BREAKER__FAILURE_RATE": "0.5"}, "WORKER_BREAKER__FAILURE_RATE"),
+    "breaker lower-case name": Bad({"worker_breaker__min_calls": "0"}, "WORKER_BREAKER__MIN_CALLS"),
+    "breaker not a json object": Bad({"WORKER_BREAKER": "off"}, "WORKER_BREAKER:"),
+    "breaker json field out of range": Bad(
+        {"WORKER_BREAKER": '{"min_calls": 0}'}, "WORKER_BREAKER__MIN_CALLS"
+    ),
 }
 
 
@@ -87,6 +109,8 @@ CLI_CASES = [
     "on success bogus",
     "log level unknown",
     "http port too big",
+    "breaker ratio not a number",
+    "breaker not a json object",
 ]
 
 
@@ -229,6 +253,61 @@ def test_load_settings_raises_config_error_naming_variable(case: str, env: pytes
     text = str(caught.value)
     assert BAD[case].names in text
     assert "\n" not in text
+
+
+def test_breaker_defaults_and_nested_variables(env: pytest.MonkeyPatch) -> None:
+    """WORKER_BREAKER__* (any case) fill the nested model; unset fields keep the documented defaults."""
+    defaults = load_settings().breaker
+    assert defaults == BreakerSettings()
+    assert (defaults.enabled, defaults.failure_ratio, defaults.min_calls) == (True, 0.5, 20)
+    assert (defaults.window_seconds, defaults.open_seconds, defaults.half_open_calls) == (30, 30, 3)
+    assert defaults.route is None
+    assert defaults.config() == BreakerConfig(0.5, 20, 30.0, 30.0, 3)
+    env.setenv("WORKER_BREAKER__ENABLED", "false")
+    env.setenv("WORKER_BREAKER__FAILURE_RATIO", "1")
+    env.setenv("worker_breaker__min_calls", "3")
+    env.setenv("WORKER_BREAKER__OPEN_SECONDS", "43200")
+    env.setenv("WORKER_BREAKER__ROUTE", "app.routes:dependencies")
+    breaker = load_settings().breaker
+    assert (breaker.enabled, breaker.failure_ratio, breaker.min_calls, breaker.open_seconds) == (
+        False,
+        1,
+        3,
+        43200,
+    )
+    assert breaker.route == "app.routes:dependencies"
+    assert breaker.config() == BreakerConfig(1.0, 3, 30.0, 43200.0, 3)
+    with pytest.raises(ValueError, match="frozen"):
+        breaker.min_calls = 1
+
+
+def test_breaker_from_a_json_object(env: pytest.MonkeyPatch) -> None:
+    """WORKER_BREAKER may hold the whole model as JSON; a WORKER_BREAKER__* variable adds to it."""
+    env.setenv("WORKER_BREAKER", '{"half_open_calls": 5, "window_seconds": 12.5}')
+    env.setenv("WORKER_BREAKER__MIN_CALLS", "7")
+    breaker = load_settings().breaker
+    assert (breaker.half_open_calls, breaker.window_seconds, breaker.min_calls) == (5, 12.5, 7)
+
+
+def test_worker_config_and_the_settings_table_show_every_breaker_field(env: pytest.MonkeyPatch) -> None:
+    """`worker config` and docs/configuration.md show a WORKER_BREAKER__<FIELD> row per field."""
+    from tools.settings_doc import iter_rows
+    from worker.ops.config_view import setting_rows
+
+    env.setenv("WORKER_BREAKER__FAILURE_RATIO", "0.25")
+    fields = [f"WORKER_BREAKER__{name.upper()}" for name in BreakerSettings.model_fields]
+    rows = {row.name: row for row in setting_rows(load_settings(), "WORKER_")}
+    assert [name for name in rows if name.startswith("WORKER_BREAKER")] == fields
+    assert (rows["WORKER_BREAKER__FAILURE_RATIO"].value, rows["WORKER_BREAKER__FAILURE_RATIO"].source) == (
+        0.25,
+        "environment",
+    )
+    assert (rows["WORKER_BREAKER__MIN_CALLS"].value, rows["WORKER_BREAKER__MIN_CALLS"].source) == (
+        20,
+        "default",
+    )
+    documented = [row.variable for row in iter_rows() if row.variable.startswith("WORKER_BREAKER")]
+    assert documented == fields
 
 
 def test_overrides_beat_environment(env: pytest.MonkeyPatch) -> None:

@@ -12,26 +12,34 @@ if TYPE_CHECKING:  # the public names, for type checkers; at run time they load 
     from worker.deadletter.record import read_failure as read_failure
     from worker.deadletter.record import restore_attributes as restore_attributes
     from worker.destinations.record import DestinationRecord as DestinationRecord
+    from worker.engine.batch import BatchResult as BatchResult
     from worker.engine.message import Message as Message
     from worker.engine.message import MessageAttribute as MessageAttribute
     from worker.engine.message import SnsInfo as SnsInfo
+    from worker.engine.middleware import Invocation as Invocation
     from worker.engine.outcome import Outcome as Outcome
     from worker.engine.policy import Condition as Condition
     from worker.errors import ConfigError as ConfigError
     from worker.errors import DecodeError as DecodeError
+    from worker.errors import DependencyDown as DependencyDown
     from worker.errors import PermanentError as PermanentError
     from worker.errors import RetryLater as RetryLater
     from worker.errors import SchemaError as SchemaError
     from worker.errors import WorkerError as WorkerError
+    from worker.idempotency import idempotent as idempotent
 
 __all__ = [  # noqa: RUF022 - grouped by purpose, as the docs present them
     # handler API
     "Message",
     "MessageAttribute",
     "SnsInfo",
+    "BatchResult",
+    "Invocation",
+    "idempotent",
     # errors
     "ConfigError",
     "DecodeError",
+    "DependencyDown",
     "PermanentError",
     "RetryLater",
     "SchemaError",
@@ -53,8 +61,12 @@ _EXPORTS = {
     "Message": "worker.engine.message",
     "MessageAttribute": "worker.engine.message",
     "SnsInfo": "worker.engine.message",
+    "BatchResult": "worker.engine.batch",
+    "Invocation": "worker.engine.middleware",
+    "idempotent": "worker.idempotency",
     "ConfigError": "worker.errors",
     "DecodeError": "worker.errors",
+    "DependencyDown": "worker.errors",
     "PermanentError": "worker.errors",
     "RetryLater": "worker.errors",
     "SchemaError": "worker.errors",

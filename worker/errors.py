@@ -22,6 +22,18 @@ class RetryLater(WorkerError):  # noqa: N818 - part of the public handler API, n
         super().__init__(reason or (f"retry later in {delay}s" if delay is not None else "retry later"))
 
 
+class DependencyDown(WorkerError):  # noqa: N818 - part of the public handler API, named for what it says
+    """Raised by a handler: ``dependency`` (an API, a database) is down. A transient failure, retried like any
+    other, that counts against that dependency's circuit breaker instead of the default one (``handler``)."""
+
+    def __init__(self, dependency: str, reason: str = "") -> None:
+        if not isinstance(dependency, str) or not dependency:
+            raise ValueError("DependencyDown needs the dependency's name (a non-empty string)")
+        self.dependency = dependency
+        self.reason = reason
+        super().__init__(f"{dependency} is down: {reason}" if reason else f"{dependency} is down")
+
+
 class DecodeError(WorkerError):
     """A message body or envelope could not be decoded; keeps the raw data and the cause."""
 

@@ -10,36 +10,37 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from worker.destinations.uri import parse_destination
 from worker.errors import ConfigError
-from worker.limits import SQS_VISIBILITY_CAP_SECONDS
+from worker.limits import (
+    HANDLER_PATTERN,
+    MAX_CONCURRENCY,
+    SQS_MAX_RETENTION_SECONDS,
+    SQS_VISIBILITY_CAP_SECONDS,
+)
+from worker.settings_groups import BreakerSettings, ExtendedPayloadSettings, split_list
 
 ENV_PREFIX = "WORKER_"
-HANDLER_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 #: SQS caps a message's visibility at 12 hours from its receive.
 #: SQS long polls wait at most 20 seconds.
 MAX_WAIT_SECONDS = 20
-#: In-flight limit of a standard queue; FIFO's is 120,000 as well since 2024 (20,000 before).
-MAX_CONCURRENCY = 120_000
 #: The long-poll wait when WAIT_TIME_SECONDS is unset and the drain budget allows it.
 DEFAULT_WAIT_SECONDS = 10
-#: SQS keeps a message 14 days at most (MessageRetentionPeriod's upper bound).
-SQS_MAX_RETENTION_SECONDS = 1_209_600
 
 #: A CloudWatch namespace: up to 255 of these characters (and not blank, not ``AWS/...``).
 EMF_NAMESPACE = re.compile(r"^[0-9A-Za-z._/#: -]{1,255}$")
 
 DestinationList = Annotated[list[str], NoDecode]
 TypePathList = Annotated[list[str], NoDecode]
-
-
-def _split_uris(value: object) -> object:
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
 
 
 class Settings(BaseSettings):
@@ -112,6 +113,14 @@ class Settings(BaseSettings):
     immediate_retries: int = Field(
         default=1, ge=0, le=100, description="In-process retries on a message's first delivery."
     )
+    middleware: TypePathList = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated middleware factories (`pkg.module:factory`), outermost first: each is called "
+            "once at start-up and returns a callable taking an Invocation and returning an async context "
+            "manager entered around every handler call (checked at start-up)."
+        ),
+    )
     max_message_age_seconds: float | None = Field(
         default=None,
         gt=0,
@@ -167,6 +176,10 @@ class Settings(BaseSettings):
     destination_attempts: int = Field(
         default=3, ge=1, le=20, description="Delivery attempts per destination and record."
     )
+    extended_payloads: ExtendedPayloadSettings = Field(
+        default_factory=ExtendedPayloadSettings,
+        description="Payloads in S3 behind extended-client pointers (WORKER_EXTENDED_PAYLOADS__*).",
+    )
     queue_metrics_interval_seconds: float = Field(
         default=15.0,
         gt=0,
@@ -194,6 +207,9 @@ class Settings(BaseSettings):
     log_bodies: bool = Field(
         default=False, description="Include error texts in logs (they may quote message content)."
     )
+    breaker: BreakerSettings = Field(
+        default_factory=BreakerSettings, description="Circuit breakers (WORKER_BREAKER__*)."
+    )
 
     @field_validator("handler")
     @classmethod
@@ -217,19 +233,20 @@ class Settings(BaseSettings):
     @field_validator("on_success", "on_failure", mode="before")
     @classmethod
     def _uris(cls, value: object) -> object:
-        return _split_uris(value)
+        return split_list(value)
 
-    @field_validator("permanent_errors", mode="before")
+    @field_validator("permanent_errors", "middleware", mode="before")
     @classmethod
     def _type_paths(cls, value: object) -> object:
-        return _split_uris(value)
+        return split_list(value)
 
-    @field_validator("permanent_errors")
+    @field_validator("permanent_errors", "middleware")
     @classmethod
-    def _valid_type_paths(cls, value: list[str]) -> list[str]:
+    def _valid_type_paths(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        what = "ExceptionType" if info.field_name == "permanent_errors" else "factory"
         for path in value:  # the imports themselves are checked at start-up (worker run)
             if not HANDLER_PATTERN.fullmatch(path):
-                raise ValueError(f"entry {path!r} must look like pkg.module:ExceptionType")
+                raise ValueError(f"entry {path!r} must look like pkg.module:{what}")
         return value
 
     @field_validator("metrics_emf")
@@ -313,6 +330,12 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+    except SettingsError as exc:  # a nested model's variable (WORKER_BREAKER) that is not a JSON object
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = env_name(field.group(1)) if field else f"a {ENV_PREFIX}* variable"
+        raise ConfigError(
+            f"{name}: not a JSON object (or set its fields one by one: {name}__FIELD)"
+        ) from None
 
 
 def _describe(exc: ValidationError) -> str:
@@ -326,8 +349,10 @@ def _describe(exc: ValidationError) -> str:
     message = message.removeprefix("Value error, ")
     if not loc:
         return message
-    name = env_name(loc[0])
+    name = env_name("__".join(loc))  # a nested model's field: WORKER_BREAKER__MIN_CALLS
     if error.get("type") == "missing":
         return f"{name} is required but not set"
+    if error.get("type") == "extra_forbidden":  # only nested models forbid extras: WORKER_BREAKER__TYPO
+        message = "not a setting"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     return f"{name}: {message}{more}"

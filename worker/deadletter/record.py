@@ -3,7 +3,9 @@
 The DLQ message keeps the source ``raw_body`` byte for byte and the original message attributes. The
 failure metadata travels as JSON in one extra attribute, ``worker.failure``. SQS allows 10 attributes
 per message: when the original already has 10, the last one by name moves into the metadata
-(``displaced_attributes``) and ``restore_attributes`` puts it back, so nothing is lost.
+(``displaced_attributes``) and ``restore_attributes`` puts it back, so nothing is lost. A body too large
+to leave room for the metadata can be stored in S3: the copy then carries an extended-client
+``PayloadS3Pointer`` and ``ExtendedPayloadSize`` instead (docs/large-payloads.md).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from worker._version import __version__
 from worker.engine.message import Message, MessageAttribute
+from worker.engine.payload_pointer import SIZE_ATTRIBUTES, PayloadPointer, object_key, size_attribute
 from worker.limits import SQS_MAX_ATTRIBUTES, SQS_MAX_MESSAGE_BYTES
 from worker.timestamps import iso_utc, parse_iso
 
@@ -160,6 +163,18 @@ def message_first_sent(message: Message) -> datetime | None:
     return first_sent_time(read_failure(message.sqs_attributes), message.sent_at)
 
 
+def original_message_id(message: Message) -> str:
+    """The id ``message`` had when first sent, kept through dead-letter and redrive round trips.
+
+    A redriven copy is a new SQS message with a new id; the failure record it carries (an SQS attribute)
+    names the first one. A message without a record is its own original.
+    """
+    record = read_failure(message.sqs_attributes)
+    if record is not None and record.original_message_id:
+        return record.original_message_id
+    return message.id
+
+
 def _encode_attribute(attr: MessageAttribute) -> dict[str, str]:
     if isinstance(attr.value, bytes):
         return {"DataType": attr.data_type, "BinaryValue": base64.b64encode(attr.value).decode()}
@@ -191,29 +206,39 @@ def message_size(body: str, attributes: Mapping[str, MessageAttribute]) -> int:
     return len(body.encode()) + sum(len(name.encode()) + attr.size() for name, attr in attributes.items())
 
 
-def build_dead_letter(message: Message, record: FailureRecord, *, fifo: bool) -> dict[str, Any]:
+def build_dead_letter(
+    message: Message, record: FailureRecord, *, fifo: bool, offloaded: PayloadPointer | None = None
+) -> dict[str, Any]:
     """SendMessage arguments (without QueueUrl) for the DLQ copy of ``message``; pure.
 
-    Raises DeadLetterTooLarge when even a minimal record does not fit: the caller then leaves the
-    message on the source queue for the broker's own RedrivePolicy, which moves it unchanged.
+    Raises DeadLetterTooLarge when even a minimal record does not fit: the caller then stores the body in
+    S3 and builds the copy again with ``offloaded`` (the body becomes that ``PayloadS3Pointer``, with an
+    ``ExtendedPayloadSize`` attribute), or, with no bucket configured, leaves the message on the source
+    queue for the broker's own RedrivePolicy, which moves it unchanged.
     """
     # Originals as first received: a redriven message carries its old record (and what it displaced).
     originals = restore_attributes(message.sqs_attributes)
+    body = message.raw_body
+    extra: dict[str, MessageAttribute] = {}
+    if offloaded is not None:
+        body = offloaded.to_body()
+        extra = size_attribute(len(message.raw_body.encode()))
+        originals = {name: attr for name, attr in originals.items() if name not in SIZE_ATTRIBUTES}
     kept = dict(sorted(originals.items()))
     displaced: dict[str, Any] = {}
-    while len(kept) > SQS_MAX_ATTRIBUTES - 1:
+    while len(kept) > SQS_MAX_ATTRIBUTES - 1 - len(extra):
         name = next(reversed(kept))
         displaced[name] = _encode_attribute(kept.pop(name))
     if displaced:
         record = _replace(record, displaced_attributes=dict(sorted(displaced.items())))
     for candidate in (record, _replace(record, error_message=record.error_message[:256]), _minimal(record)):
-        attributes = {**kept, FAILURE_ATTRIBUTE: MessageAttribute("String", candidate.to_json())}
-        if message_size(message.raw_body, attributes) <= SQS_MAX_MESSAGE_BYTES:
+        attributes = {**kept, **extra, FAILURE_ATTRIBUTE: MessageAttribute("String", candidate.to_json())}
+        if message_size(body, attributes) <= SQS_MAX_MESSAGE_BYTES:
             break
     else:
         raise DeadLetterTooLarge(f"message {message.id} leaves no room for failure metadata")
     request: dict[str, Any] = {
-        "MessageBody": message.raw_body,
+        "MessageBody": body,
         "MessageAttributes": {name: attr.to_sqs() for name, attr in attributes.items()},
     }
     if fifo:
@@ -222,6 +247,11 @@ def build_dead_letter(message: Message, record: FailureRecord, *, fifo: bool) ->
             record.original_message_id, record.redrive_count
         )
     return request
+
+
+def dead_letter_object(record: FailureRecord, prefix: str = "") -> str:
+    """The S3 key of an offloaded DLQ body: one per message and trip, so a retried send rewrites it."""
+    return object_key(prefix, "dead-letters", record.original_message_id, str(record.redrive_count))
 
 
 def dead_letter_dedup_id(original_message_id: str, redrive_count: int) -> str:

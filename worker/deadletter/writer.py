@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from worker.aws.client import CALL_ERRORS, error_code
 from worker.deadletter.record import (
     DeadLetterTooLarge,
+    FailureRecord,
     build_dead_letter,
+    dead_letter_object,
     failure_record,
     read_failure,
 )
 from worker.engine.message import Message
+from worker.engine.payloads import STORE_ERRORS, PayloadOffload
 from worker.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -38,7 +41,10 @@ class DeadLetterWriter:
         handler_version: str,
         metrics: Metrics,
         timeout: float = 10.0,
+        offload: PayloadOffload | None = None,
     ) -> None:
+        """``offload``: the S3 bucket a body with no room for its failure metadata goes to, if any."""
+        self._offload = offload
         self._client = client
         self.dlq_url = dlq_url
         self._fifo = dlq_url.endswith(".fifo")
@@ -75,11 +81,10 @@ class DeadLetterWriter:
         try:
             request = build_dead_letter(message, record, fifo=self._fifo)
         except DeadLetterTooLarge:
-            log.error(  # noqa: TRY400 - an expected condition, no traceback wanted
-                "message too large to carry failure metadata; left for the queue's RedrivePolicy",
-                extra={"event": "dead_letter_too_large", "message_id": message.id},
-            )
-            return False
+            offloaded = await self._offloaded(message, record)
+            if offloaded is None:
+                return False
+            request = offloaded
         with anyio.move_on_after(self._timeout, shield=True):
             try:
                 await self._client.send_message(QueueUrl=self.dlq_url, **request)
@@ -106,3 +111,36 @@ class DeadLetterWriter:
             "dead-letter send timed out", extra={"event": "dead_letter_failed", "message_id": message.id}
         )
         return False
+
+    async def _offloaded(self, message: Message, record: FailureRecord) -> dict[str, Any] | None:
+        """The DLQ copy with its body stored in S3 first (acknowledged before the send), or None."""
+        if self._offload is None:
+            log.error(
+                "message too large to carry failure metadata; left for the queue's RedrivePolicy",
+                extra={"event": "dead_letter_too_large", "message_id": message.id},
+            )
+            return None
+        pointer = self._offload.pointer(dead_letter_object(record))
+        try:
+            request = build_dead_letter(message, record, fifo=self._fifo, offloaded=pointer)
+        except DeadLetterTooLarge:  # the attributes alone leave no room
+            log.error(  # noqa: TRY400 - an expected condition, no traceback wanted
+                "message attributes too large to carry failure metadata; left for the queue's RedrivePolicy",
+                extra={"event": "dead_letter_too_large", "message_id": message.id},
+            )
+            return None
+        with anyio.move_on_after(self._timeout, shield=True):
+            try:
+                await self._offload.put(pointer, message.raw_body.encode())
+            except STORE_ERRORS as exc:
+                log.warning(
+                    "dead-letter body could not be stored in S3; the message stays on the source queue",
+                    extra={"event": "dead_letter_failed", "message_id": message.id, "error": error_code(exc)},
+                )
+                return None
+            return request
+        log.warning(
+            "dead-letter body store timed out; the message stays on the source queue",
+            extra={"event": "dead_letter_failed", "message_id": message.id, "error": "Timeout"},
+        )
+        return None

@@ -2,6 +2,8 @@
 
 The sink (``sink.py``) retries; a target only says whether another attempt may help (``DeliveryError``,
 ``retryable``). ``open_destinations`` turns the two settings lists into targets with their clients open.
+With WORKER_EXTENDED_PAYLOADS__BUCKET set, an SQS or SNS record above the service's limit is not cut: it
+is stored in S3 and the message carries an extended-client ``PayloadS3Pointer`` (docs/large-payloads.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from worker.aws.queues import lookup_queue_url
 from worker.destinations.record import DestinationRecord, fit_record, s3_key
 from worker.destinations.uri import DestinationUri, parse_destination
 from worker.engine.handler import UserCallable, import_callable
+from worker.engine.payload_pointer import size_attribute
+from worker.engine.payloads import PayloadOffload, PayloadStore
 from worker.errors import ConfigError
 from worker.limits import EVENTS_MAX_BYTES, EVENTS_TIME_BYTES, SNS_MAX_BYTES, SQS_MAX_MESSAGE_BYTES
 from worker.settings import Settings, env_name
@@ -116,13 +120,40 @@ class Destination:
         return f"<{type(self).__name__} {self.label}>"
 
 
-class SqsDestination(Destination):
+class OffloadingDestination(Destination):
+    """A destination with a message size limit that, given an offload, stores larger records in S3."""
+
+    #: The service's limit on one message (body and attributes), in bytes.
+    service_limit: int
+
+    def __init__(self, uri: DestinationUri, offload: PayloadOffload | None = None) -> None:
+        super().__init__(uri)
+        self.offload = offload
+        self.limit = None if offload is not None else self.service_limit  # with an offload nothing is cut
+
+    async def message(
+        self, record: DestinationRecord, full_record: str | None
+    ) -> tuple[str, dict[str, dict[str, str]]]:
+        """The message body and attributes: the record (cut to ``limit`` without an offload), or, when it
+        exceeds the service limit, a pointer to its copy in S3 (stored first) and ``ExtendedPayloadSize``."""
+        text = self.payload(record, full_record)
+        if self.offload is None or len(text) <= self.service_limit:  # ASCII JSON: one byte per character
+            return text, {}
+        pointer = self.offload.pointer("records", s3_key(record))  # one key per record: retries rewrite it
+        await self.offload.put(pointer, text.encode())
+        size = size_attribute(len(text))
+        return pointer.to_body(), {
+            name: {"DataType": a.data_type, "StringValue": str(a.value)} for name, a in size.items()
+        }
+
+
+class SqsDestination(OffloadingDestination):
     """SendMessage to a queue; ``sqs://name`` and ARNs are resolved with GetQueueUrl (once)."""
 
-    limit = SQS_MAX_MESSAGE_BYTES
+    service_limit = SQS_MAX_MESSAGE_BYTES
 
-    def __init__(self, uri: DestinationUri, client: SQSClient) -> None:
-        super().__init__(uri)
+    def __init__(self, uri: DestinationUri, client: SQSClient, offload: PayloadOffload | None = None) -> None:
+        super().__init__(uri, offload)
         self._client = client
         self._url: str | None = uri.target if uri.target.lower().startswith(("https://", "http://")) else None
 
@@ -164,7 +195,10 @@ class SqsDestination(Destination):
     async def deliver(self, record: DestinationRecord, full_record: str | None) -> str | None:
         """SendMessage (FIFO: grouped by the source group, deduplicated by message and condition)."""
         url = await self.resolve()
-        request: dict[str, Any] = {"QueueUrl": url, "MessageBody": self.payload(record, full_record)}
+        body, attributes = await self.message(record, full_record)
+        request: dict[str, Any] = {"QueueUrl": url, "MessageBody": body}
+        if attributes:
+            request["MessageAttributes"] = attributes
         if self.uri.is_fifo:
             request["MessageGroupId"] = record.worker.group_id or record.message_id
             request["MessageDeduplicationId"] = _dedup_id(record)
@@ -172,18 +206,21 @@ class SqsDestination(Destination):
         return None
 
 
-class SnsDestination(Destination):
+class SnsDestination(OffloadingDestination):
     """Publish to a topic."""
 
-    limit = SNS_MAX_BYTES
+    service_limit = SNS_MAX_BYTES
 
-    def __init__(self, uri: DestinationUri, client: SNSClient) -> None:
-        super().__init__(uri)
+    def __init__(self, uri: DestinationUri, client: SNSClient, offload: PayloadOffload | None = None) -> None:
+        super().__init__(uri, offload)
         self._client = client
 
     async def deliver(self, record: DestinationRecord, full_record: str | None) -> str | None:
         """Publish (FIFO topics: grouped by the source group, deduplicated by message and condition)."""
-        request: dict[str, Any] = {"TopicArn": self.uri.target, "Message": self.payload(record, full_record)}
+        body, attributes = await self.message(record, full_record)
+        request: dict[str, Any] = {"TopicArn": self.uri.target, "Message": body}
+        if attributes:
+            request["MessageAttributes"] = attributes
         if self.uri.is_fifo:
             request["MessageGroupId"] = record.worker.group_id or record.message_id
             request["MessageDeduplicationId"] = _dedup_id(record)
@@ -282,6 +319,13 @@ async def open_destinations(
         endpoint = (endpoints or {}).get(kind)
         clients[kind] = await stack.enter_async_context(create_client(kind, config, endpoint_url=endpoint))
     limiter = anyio.CapacityLimiter(HOOK_THREADS)
+    offload = None
+    if settings.extended_payloads.bucket is not None and kinds & {"sqs", "sns"}:
+        store = PayloadStore(
+            endpoint_url=(endpoints or {}).get("s3"), pool=8, timeout=settings.destination_timeout_seconds
+        )
+        stack.push_async_callback(store.aclose)  # its client opens with the first oversized record
+        offload = PayloadOffload.for_settings(settings.extended_payloads, store)
     made: dict[str, Destination] = {}
     result: dict[str, list[Destination]] = {}
     for field, uris in parsed.items():
@@ -289,20 +333,26 @@ async def open_destinations(
         result[field] = []
         for uri in uris:
             if uri.uri not in made:
-                made[uri.uri] = _make(uri, clients, limiter, variable)
+                made[uri.uri] = _make(uri, clients, limiter, variable, offload)
                 await made[uri.uri].prepare(variable, settings.destination_timeout_seconds)
             result[field].append(made[uri.uri])
     return result["on_success"], result["on_failure"]
 
 
 def _make(
-    uri: DestinationUri, clients: Mapping[str, Any], limiter: anyio.CapacityLimiter, variable: str
+    uri: DestinationUri,
+    clients: Mapping[str, Any],
+    limiter: anyio.CapacityLimiter,
+    variable: str,
+    offload: PayloadOffload | None = None,
 ) -> Destination:
     if uri.kind == "python":
         return PythonDestination(uri, import_callable(uri.target, variable), limiter)
-    kinds: dict[str, type[SqsDestination | SnsDestination | S3Destination | EventsDestination]] = {
-        "sqs": SqsDestination,
-        "sns": SnsDestination,
+    if uri.kind == "sqs":
+        return SqsDestination(uri, clients["sqs"], offload)
+    if uri.kind == "sns":
+        return SnsDestination(uri, clients["sns"], offload)
+    kinds: dict[str, type[S3Destination | EventsDestination]] = {
         "s3": S3Destination,
         "events": EventsDestination,
     }

@@ -41,8 +41,15 @@ POLL_BACKOFF = Backoff(base=0.5, cap=30.0)
 OVER_LIMIT_CODES = frozenset({"OverLimit", "AWS.SimpleQueueService.OverLimit"})
 
 
-def group_entries(items: Sequence[tuple[Message, Any]], fifo: bool) -> list[list[tuple[Message, Any]]]:
-    """Standard queues: one group per message. FIFO: one group per MessageGroupId, receive order kept."""
+def group_entries(
+    items: Sequence[tuple[Message, Any]], fifo: bool, batch: bool = False
+) -> list[list[tuple[Message, Any]]]:
+    """Standard queues: one group per message. FIFO: one group per MessageGroupId, receive order kept.
+
+    For a batch handler the whole receive is one group (its FIFO groups are kept apart by the batch runner).
+    """
+    if batch:
+        return [list(items)]
     if not fifo:
         return [[item] for item in items]
     groups: dict[str, list[tuple[Message, Any]]] = {}
@@ -167,7 +174,7 @@ class Consumer:
             while item is not None:
                 # The processor releases each message's slot when it stops holding it (a delete may
                 # still be in flight when this returns).
-                await self.processor.run_group(*item, self.slots.release)
+                await self.processor.run(*item, self.slots.release)
                 if self._retired:
                     return
                 runner.item, runner.ready = None, anyio.Event()
@@ -201,7 +208,10 @@ class Consumer:
     async def _poll_loop(self, pollers: TaskGroup, work: TaskGroup, index: int) -> None:
         failures = 0
         busy = False  # the first receive is parked: a stop right after start cancels it
+        gate = self.processor.gate
         while not self.stopping.is_set():
+            if gate is not None:  # without a breaker route, an open breaker stops receiving
+                await gate.wait_until_receiving(self.stopping, self.health.turned)
             wanted = await self.slots.reserve(SQS_BATCH_MAX, self.health)
             if self.stopping.is_set():
                 self.slots.release(wanted)
@@ -289,7 +299,7 @@ class Consumer:
             await self._give_back([m for m, _ in items], sent)
             return
         # The lease counts from the receive's send (conservative: an extension only moved the deadline later).
-        for group in group_entries(items, self.settings.is_fifo):
+        for group in group_entries(items, self.settings.is_fifo, self.processor.handler.batch):
             self._dispatch(work, group, sent)
 
     async def _extend(self, items: list[tuple[Message, Any]]) -> list[tuple[Message, Any]]:

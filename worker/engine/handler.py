@@ -1,12 +1,13 @@
-"""Loading the user's handler (``pkg.module:callable``) and calling it, async or in a thread."""
+"""Loading the user's handler (``pkg.module:callable``) and calling it: async or threaded, one or a batch."""
 
 from __future__ import annotations
 
+import collections.abc
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 import anyio
 import anyio.to_thread
@@ -19,12 +20,26 @@ from worker.errors import ConfigError
 Invoke = Callable[[Message], Awaitable[object]]
 
 
+#: A batch handler's call: the messages of one receive, in receive order.
+InvokeBatch = Callable[[list[Message]], Awaitable[object]]
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedHandler:
-    """A handler ready to call: ``invoke(message)`` awaits it whatever its flavour."""
+    """A handler ready to call: ``invoke(message)`` awaits it whatever its flavour.
+
+    A batch handler (first parameter typed ``list[Message]`` or ``Sequence[Message]``) has ``invoke_batch``
+    instead; its ``invoke`` calls it with one message.
+    """
 
     path: str
     invoke: Invoke
+    invoke_batch: InvokeBatch | None = None
+
+    @property
+    def batch(self) -> bool:
+        """True for a handler that takes a whole receive."""
+        return self.invoke_batch is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,18 +104,27 @@ def import_object(path: str, variable: str) -> Any:
     return obj
 
 
-def _model_parameter(fn: Callable[..., Any]) -> type[BaseModel] | None:
+def _first_parameter_hint(fn: Callable[..., Any]) -> Any:
     try:
         hints = get_type_hints(fn)
+        params = list(inspect.signature(fn).parameters)
     except Exception:
         return None
-    params = list(inspect.signature(fn).parameters)
-    if not params:
-        return None
-    hint = hints.get(params[0])
+    return hints.get(params[0]) if params else None
+
+
+def _model_parameter(hint: Any) -> type[BaseModel] | None:
     if inspect.isclass(hint) and issubclass(hint, BaseModel):
         return hint
     return None
+
+
+def _is_batch(hint: Any) -> bool:
+    """``list[Message]`` or ``Sequence[Message]`` (any of the abstract sequence spellings)."""
+    origin = get_origin(hint)
+    if origin not in (list, collections.abc.Sequence, collections.abc.Iterable, collections.abc.Collection):
+        return False
+    return get_args(hint) == (Message,)
 
 
 def load_handler(
@@ -115,7 +139,17 @@ def load_handler(
     A plain ``def`` handler's threads abandoned at their deadline are counted in ``abandoned``.
     """
     user = import_callable(path, variable)
-    model = _model_parameter(user.target)
+    hint = _first_parameter_hint(user.target)
+    if _is_batch(hint):
+
+        async def invoke_batch(messages: list[Message]) -> object:
+            return await user.call(messages, thread_limiter, abandoned)
+
+        async def invoke_one(message: Message) -> object:
+            return await invoke_batch([message])
+
+        return LoadedHandler(path=path, invoke=invoke_one, invoke_batch=invoke_batch)
+    model = _model_parameter(hint)
 
     async def invoke(message: Message) -> object:
         argument = message.model(model) if model is not None else message

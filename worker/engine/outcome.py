@@ -22,6 +22,8 @@ class Outcome:
     response: object = None  # the handler's return value on success
     error_type: str | None = None
     error_message: str | None = None
+    #: False when the message's delete failed (or its lease was lost): SQS will deliver it again.
+    deleted: bool = True
 
     @property
     def succeeded(self) -> bool:

@@ -7,6 +7,7 @@ durable (the DLQ send acknowledged), and never deleted or released once its leas
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections import OrderedDict
@@ -22,11 +23,16 @@ from worker.aws.names import queue_name
 from worker.deadletter.record import message_first_sent
 from worker.deadletter.writer import DeadLetterWriter
 from worker.engine import policy
-from worker.engine.failure import Failure, classify, describe_failure, load_permanent_errors, log_failure
+from worker.engine.batch_runner import run_batch
+from worker.engine.breaker_gate import BreakerGate
+from worker.engine.failure import Failure, describe_failure, load_permanent_errors, log_failure
+from worker.engine.group_runner import run_group
 from worker.engine.handbacks import HandBacks
 from worker.engine.handler import LoadedHandler
-from worker.engine.lease import Beat, Heartbeats, Lease
+from worker.engine.invoker import Call, Invoked, Invoker
+from worker.engine.lease import Heartbeats, Lease
 from worker.engine.message import Message
+from worker.engine.middleware import Invocation, Middleware
 from worker.engine.outcome import Outcome, OutcomeSink
 from worker.engine.policy import Condition, RetryConfig
 from worker.errors import DecodeError, RetryLater
@@ -35,8 +41,23 @@ from worker.telemetry.metrics import Metrics
 
 log = logging.getLogger("worker.processor")
 
+
 #: Dead-letters that failed to send, remembered so the next delivery skips the handler (bounded).
 PENDING_DEAD_LETTERS_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A final decision for one message and the attempts it counts (records carry them)."""
+
+    decision: policy.Ack | policy.RetryAfter | policy.DeadLetter
+    attempts: int
+
+    def not_before(self, seconds: int) -> Verdict:
+        """This verdict, with a retry delayed to ``seconds`` at least."""
+        if isinstance(self.decision, policy.RetryAfter) and self.decision.seconds < seconds:
+            return Verdict(policy.RetryAfter(seconds), self.attempts)
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,8 @@ class Processor:
         heartbeats: Heartbeats,
         dead_letters: DeadLetterWriter | None,
         sink: OutcomeSink | None,
+        middleware: Sequence[Middleware] = (),
+        gate: BreakerGate | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
@@ -77,6 +100,8 @@ class Processor:
         self.visibility = visibility
         self.dead_letters = dead_letters
         self.sink = sink
+        #: The circuit breakers (None: WORKER_BREAKER__ENABLED=false).
+        self.gate = gate
         self.jitter = jitter
         self.queue = queue_name(settings.queue_url)
         self.retry = RetryConfig(
@@ -98,8 +123,14 @@ class Processor:
             name: metrics.processed.labels(*labels, name)
             for name in ("succeeded", "retried", "dead_lettered")
         }
-        self._duration = metrics.handler_duration.labels(*labels)
-        self._timeouts = metrics.handler_timeouts.labels(*labels)
+        self.invoker = Invoker(
+            Invocation((), self.queue, handler.path, settings.handler_version),
+            timeout=settings.timeout_seconds,
+            permanent=self.permanent,
+            middleware=middleware,
+            durations=metrics.handler_duration.labels(*labels),
+            timeouts=metrics.handler_timeouts.labels(*labels),
+        )
         #: Messages held by run_group(); worker_messages_in_flight reads it at each scrape.
         self.held = 0
         metrics.in_flight.labels(self.queue).set_function(lambda: self.held)
@@ -116,64 +147,17 @@ class Processor:
         # Draining, this worker's own pending long polls (wait_time_seconds at most) must not retake them.
         return self.settings.wait_time_seconds + 1 if self.draining else 0
 
-    # -- a group of messages held together (a FIFO group from one receive, or a single message) --
-
-    async def run_group(
+    async def run(
         self,
         items: Sequence[tuple[Message, DecodeError | None]],
         received_at: float,
         release: Callable[[int], None],
     ) -> None:
-        """Process messages in order, one at a time; after a delayed retry the rest go back with it.
-
-        Each message has its own lease (taken at ``received_at``, the time the receive was sent) and its
-        own heartbeat, running until that message is finished. ``release(n)`` is called once for each
-        message when the worker no longer holds it: when it is finished or, for the group's last message
-        when it succeeded, once its (batched) delete has answered, without keeping this task waiting.
-        """
-
-        def settle(count: int = 1) -> None:
-            self.held -= count
-            release(count)
-
-        self.held += len(items)
-        leases = [self.lease(received_at) for _ in items]
-        beats: list[Beat] = []
-        done = 0
-        try:
-            for (message, _), lease in zip(items, leases, strict=True):
-                beats.append(self.heartbeats.track(lease, message.receipt_handle))
-            give_back: int | None = None
-            last = len(items) - 1
-            for (message, decode_error), lease in zip(items, leases, strict=True):
-                handed_over = False
-                if give_back is None and self.draining:
-                    give_back = self.handback_seconds  # draining: what has not started goes back
-                if give_back is not None:
-                    await self._hand_back(message, lease, give_back)
-                else:
-                    verdict = await self.run_one(
-                        message, decode_error, lease, settle=settle if done == last else None
-                    )
-                    handed_over = verdict.settle_pending
-                    if not verdict.finished:
-                        give_back = verdict.give_back if verdict.give_back is not None else 0
-                self.heartbeats.untrack(beats[done])
-                done += 1  # released below, or by the pending delete
-                if not handed_over:
-                    settle()
-        except anyio.get_cancelled_exc_class():
-            # Forced stop (shutdown deadline, second signal): what is unfinished goes back at once.
-            for beat in beats[done:]:
-                self.heartbeats.untrack(beat)
-            with anyio.move_on_after(5, shield=True):
-                await self.give_back([m for m, _ in items[done:]], leases[done:], self.handback_seconds)
-            raise
-        finally:
-            for beat in beats[done:]:
-                self.heartbeats.untrack(beat)
-            if done < len(items):
-                settle(len(items) - done)
+        """Process what the consumer dispatched: a receive for a batch handler, else a group."""
+        if self.handler.batch:
+            await run_batch(self, items, received_at, release)
+        else:
+            await run_group(self, items, received_at, release)
 
     def lease(self, received_at: float) -> Lease:
         """A fresh lease for a message received by a call sent at ``received_at``."""
@@ -183,23 +167,12 @@ class Processor:
         """Release messages unprocessed (shutdown, prefetch): visibility ``seconds``."""
         async with anyio.create_task_group() as tg:
             for message, lease in zip(items, leases, strict=True):
-                tg.start_soon(self._hand_back, message, lease, seconds)
+                tg.start_soon(self.hand_back, message, lease, seconds)
 
-    # -- one message --
-
-    async def run_one(
-        self,
-        message: Message,
-        decode_error: DecodeError | None,
-        lease: Lease,
-        *,
-        settle: Callable[[], None] | None = None,
-    ) -> Disposition:
-        """Run one message to a verdict: acked, retried later, or dead-lettered.
-
-        With ``settle``, a success does not wait for its delete: the verdict says ``settle_pending`` and
-        ``settle()`` runs (after the on-success outcome) once the delete has answered.
-        """
+    async def before_handler(
+        self, message: Message, decode_error: DecodeError | None, lease: Lease
+    ) -> Disposition | None:
+        """Dead-letter a message that must not reach the handler (undecodable, or a DLQ send to redo)."""
         pending = self._pending.pop(message.id, None)
         if pending is not None:
             condition, failure, attempts = pending
@@ -207,33 +180,56 @@ class Processor:
         if decode_error is not None:
             failure = Failure(type(decode_error).__name__, str(decode_error), decode_error)
             return await self._dead_letter(message, lease, Condition.DECODE_ERROR, failure, 0)
-        handed_back = self.handbacks.count(message.id)
-        # Only with an age cap: the first send, kept through redrives by the failure record.
-        first_sent = message_first_sent(message) if self.retry.max_message_age_seconds is not None else None
-        immediate = 0
-        while True:
-            outcome, response, error = await self._invoke(message)
-            attempt = policy.Attempt(
-                outcome=outcome,
-                receive_count=message.receive_count,
-                immediate_retries_done=immediate,
-                retry_later_delay=error.delay if isinstance(error, RetryLater) else None,
-                seconds_since_receive=lease.age(),
-                jitter=self.jitter(),
-                handed_back=handed_back,
-                message_age_seconds=_age(first_sent),
-            )
-            decision = policy.decide(attempt, self.retry)
-            attempts = policy.attempts_made(message.receive_count, immediate, self.retry, handed_back)
-            if isinstance(decision, policy.RetryNow):
-                immediate += 1
-                self._processed["retried"].inc()
-                self.metrics.retries.labels(self.queue, "immediate").inc()
-                log_failure(message, self.settings.log_bodies, outcome, error, "retry_now")
-                continue
-            break
+        return None
+
+    def first_sent(self, message: Message) -> datetime | None:
+        """Only with an age cap: the message's first send, kept through redrives by the failure record."""
+        return message_first_sent(message) if self.retry.max_message_age_seconds is not None else None
+
+    def decide(
+        self,
+        message: Message,
+        lease: Lease,
+        invoked: Invoked,
+        immediate: int,
+        handed_back: int,
+        first_sent: datetime | None,
+    ) -> Verdict | None:
+        """The policy's decision after one invocation; None (counted and logged) for an immediate retry."""
+        outcome, _, error = invoked
+        attempt = policy.Attempt(
+            outcome=outcome,
+            receive_count=message.receive_count,
+            immediate_retries_done=immediate,
+            retry_later_delay=error.delay if isinstance(error, RetryLater) else None,
+            seconds_since_receive=lease.age(),
+            jitter=self.jitter(),
+            handed_back=handed_back,
+            message_age_seconds=_age(first_sent),
+        )
+        decision = policy.decide(attempt, self.retry)
+        if isinstance(decision, policy.RetryNow):
+            self._processed["retried"].inc()
+            self.metrics.retries.labels(self.queue, "immediate").inc()
+            log_failure(message, self.settings.log_bodies, outcome, error, "retry_now")
+            return None
+        attempts = policy.attempts_made(message.receive_count, immediate, self.retry, handed_back)
+        return Verdict(decision, attempts)
+
+    async def act(
+        self,
+        message: Message,
+        lease: Lease,
+        invoked: Invoked,
+        verdict: Verdict,
+        *,
+        settle: Callable[[], None] | None = None,
+    ) -> Disposition:
+        """Carry out a final decision: delete (success), release with a delay, or dead-letter."""
+        outcome, response, error = invoked
+        decision, attempts = verdict.decision, verdict.attempts
         if isinstance(decision, policy.Ack):
-            if handed_back:
+            if self.handbacks.count(message.id):
                 self.handbacks.forget(message.id)  # leaving the queue: nothing more to count
             self._processed["succeeded"].inc()
             if settle is not None and lease.held():
@@ -243,7 +239,7 @@ class Processor:
                 )
                 return Disposition(finished=True, settle_pending=True)
             deleted = await self._delete(message, lease)
-            self._emit(message, Condition.SUCCESS, attempts, response=response)
+            self._emit(message, Condition.SUCCESS, attempts, response=response, deleted=deleted)
             return Disposition(finished=deleted)
         failure = describe_failure(outcome, error, self.settings.timeout_seconds)
         if isinstance(decision, policy.RetryAfter):
@@ -257,19 +253,9 @@ class Processor:
         log_failure(message, self.settings.log_bodies, outcome, error, "dead_letter")
         return await self._dead_letter(message, lease, decision.condition, failure, attempts)
 
-    async def _invoke(self, message: Message) -> tuple[policy.HandlerResult, object, BaseException | None]:
-        started = time.perf_counter()
-        try:
-            with anyio.move_on_after(self.settings.timeout_seconds) as scope:
-                response = await self.handler.invoke(message)
-        except Exception as exc:
-            self._duration.observe(time.perf_counter() - started)
-            return classify(exc, self.permanent), None, exc
-        self._duration.observe(time.perf_counter() - started)
-        if scope.cancelled_caught:
-            self._timeouts.inc()
-            return policy.HandlerResult.TIMEOUT, None, None
-        return policy.HandlerResult.SUCCESS, response, None
+    async def invoke(self, messages: tuple[Message, ...], call: Call) -> Invoked:
+        """One handler call (``call()``) through the middleware, under the deadline: how it ended."""
+        return await self.invoker.invoke(messages, call)
 
     async def _dead_letter(
         self, message: Message, lease: Lease, condition: Condition, failure: Failure, attempts: int
@@ -297,8 +283,8 @@ class Processor:
         self.handbacks.forget(message.id)
         self._processed["dead_lettered"].inc()
         self.metrics.dead_lettered.labels(self.queue, condition.value).inc()
-        await self._delete(message, lease)
-        self._emit(message, condition, attempts, failure=failure)
+        deleted = await self._delete(message, lease)
+        self._emit(message, condition, attempts, failure=failure, deleted=deleted)
         return Disposition(finished=True)
 
     def _remember(self, message_id: str, condition: Condition, failure: Failure, attempts: int) -> None:
@@ -315,7 +301,7 @@ class Processor:
                 "delete failed; the message will be delivered again",
                 extra={"event": "delete_failed", "message_id": message.id, "error": error},
             )
-        self._emit(message, Condition.SUCCESS, attempts, response=response)
+        self._emit(message, Condition.SUCCESS, attempts, response=response, deleted=error is None)
         settle()
 
     async def _delete(self, message: Message, lease: Lease) -> bool:
@@ -332,7 +318,25 @@ class Processor:
             return False
         return True
 
-    async def _hand_back(self, message: Message, lease: Lease, seconds: int) -> bool:
+    async def breaker_hand_back(
+        self, message: Message, lease: Lease, dependency: str, retry_in: float
+    ) -> Disposition:
+        """Give back a message a breaker keeps from running (or that failed as it opened): no attempt."""
+        seconds = max(1, math.ceil(retry_in))
+        self.metrics.retries.labels(self.queue, "breaker").inc()
+        log.info(
+            "circuit open: message handed back",
+            extra={
+                "event": "breaker_hand_back",
+                "message_id": message.id,
+                "dependency": dependency,
+                "seconds": seconds,
+            },
+        )
+        released = await self.hand_back(message, lease, seconds)
+        return Disposition(finished=False, give_back=seconds if released else None)
+
+    async def hand_back(self, message: Message, lease: Lease, seconds: int) -> bool:
         """Give back a message whose handler did not run in this delivery; its receive is no attempt."""
         # Released or not, this receive ran no handler: when the message comes back, it is no attempt.
         self.handbacks.record(message.id)
@@ -369,6 +373,7 @@ class Processor:
         *,
         response: object = None,
         failure: Failure | None = None,
+        deleted: bool = True,
     ) -> None:
         if self.sink is None:
             return  # no destinations: nothing would look at the outcome
@@ -383,5 +388,6 @@ class Processor:
                 response=response,
                 error_type=failure.error_type if failure else None,
                 error_message=failure.error_message if failure else None,
+                deleted=deleted,
             )
         )

@@ -14,10 +14,13 @@ from worker.aws.names import queue_name
 from worker.aws.queues import queue_depth
 from worker.deadletter.writer import DeadLetterWriter
 from worker.destinations.sink import build_sink
+from worker.engine.breaker_gate import BreakerGate
 from worker.engine.consumer import Consumer
 from worker.engine.handler import LoadedHandler, load_handler
 from worker.engine.lease import Heartbeats
+from worker.engine.middleware import Middleware, load_middleware
 from worker.engine.outcome import OutcomeSink
+from worker.engine.payloads import ExtendedPayloads, PayloadOffload
 from worker.engine.pollers import pollers_bound
 from worker.engine.processor import Processor
 from worker.engine.threads import AbandonedThreads
@@ -79,9 +82,13 @@ async def run_worker(
     health = Health(stale_after=max(120.0, 4.0 * (settings.wait_time_seconds + 30)))
     threads = AbandonedThreads(settings.abandoned_threads_limit)
     health.receive_paused = threads.pause_reason
-    handler = load_handler(
-        settings.handler, thread_limiter=anyio.CapacityLimiter(settings.concurrency), abandoned=threads
+    payloads = ExtendedPayloads(settings.extended_payloads, pool=min(settings.concurrency, 100))
+    handler = payloads.wrap(  # extended-client pointers resolved for the handler only (the DLQ keeps them)
+        load_handler(
+            settings.handler, thread_limiter=anyio.CapacityLimiter(settings.concurrency), abandoned=threads
+        )
     )
+    middleware = load_middleware(settings.middleware)
     pool = pollers_bound(settings.concurrency, settings.pollers) + min(settings.concurrency, 100) + 10
     config = client_config(read_timeout=settings.wait_time_seconds + 15, pool=pool)
     async with create_client("sqs", config) as client:
@@ -90,9 +97,12 @@ async def run_worker(
         async with anyio.create_task_group() as services:
             if sink is None:
                 sink = await services.start(build_sink, settings, metrics)
+            sink = await services.start(payloads.run, sink)  # deletes payloads after success, if configured
             worker = Worker(
                 settings, client, metrics, health, info, handler_path=handler.path, threads=threads
             )
+            worker.middleware = middleware
+            worker.offload = payloads.offload  # dead letters with no room for their record go to S3
             services.start_soon(check_permissions_when_quiet, settings, info, worker.quiet)
             http_port = await services.start(
                 HttpServer(settings.http_host, settings.http_port, metrics, health).serve
@@ -137,6 +147,9 @@ class Worker:
         self.info = info
         self.handler_path = handler_path
         self.http_port = 0
+        #: WORKER_MIDDLEWARE, loaded, and the S3 offload of oversized dead letters (run_worker sets both).
+        self.middleware: tuple[Middleware, ...] = ()
+        self.offload: PayloadOffload | None = None
         self.stopping = anyio.Event()
         self.forced = anyio.Event()
         #: Set once a receive came back empty (the consumer's ``quiet``): start-up chores may run then.
@@ -163,7 +176,11 @@ class Worker:
             handler=self.handler_path,
             handler_version=self.settings.handler_version,
             metrics=self.metrics,
+            offload=self.offload,
         )
+        gate = BreakerGate.for_settings(self.settings.breaker, queue, self.metrics)
+        if gate is not None:  # /readyz stays 200 with a breaker open (the pod is fine), and says which
+            self.health.details = lambda: {"open_breakers": gate.open_details()}
         processor = Processor(
             settings=self.settings,
             handler=handler,
@@ -173,6 +190,8 @@ class Worker:
             heartbeats=heartbeats,
             dead_letters=dead_letters,
             sink=sink,
+            middleware=self.middleware,
+            gate=gate,
         )
         consumer = Consumer(
             settings=self.settings,

@@ -38,8 +38,10 @@ MAX_CONNECTIONS = 512
 SHUTDOWN_SECONDS = 1.0
 
 
-def _json(status: int, ok: bool, reason: str, **headers: str) -> web.Response:
-    body = json.dumps({"status": "ok" if ok else "fail", "reason": reason}).encode()
+def _json(
+    status: int, ok: bool, reason: str, details: dict[str, object] | None = None, **headers: str
+) -> web.Response:
+    body = json.dumps({"status": "ok" if ok else "fail", "reason": reason, **(details or {})}).encode()
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
@@ -144,5 +146,6 @@ class HttpServer:
             return _json(200 if ok else 503, ok, reason)
         if request.path == "/readyz":
             ok, reason = self.health.readiness()
-            return _json(200 if ok else 503, ok, reason)
+            details = self.health.details() if self.health.details is not None else None
+            return _json(200 if ok else 503, ok, reason, details)
         return _json(404, False, "not found: try /metrics, /healthz, /readyz")

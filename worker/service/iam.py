@@ -63,7 +63,33 @@ def required_permissions(settings: Settings, *, queue_arn: str, dlq_url: str) ->
     for field in ("on_success", "on_failure"):
         for uri in getattr(settings, field):
             found.extend(_destination(parse_destination(uri), base, source, env_name(field)))
+    found.extend(_payloads(settings, base))
     return _unique(found)
+
+
+def _payloads(settings: Settings, base: Arn) -> list[Requirement]:
+    """The S3 actions of WORKER_EXTENDED_PAYLOADS__*: on the allowed buckets (only those are known)."""
+    extended = settings.extended_payloads
+    out: list[Requirement] = []
+    if extended.resolve:
+        allowed = "WORKER_EXTENDED_PAYLOADS__ALLOWED_BUCKETS"
+        for bucket in extended.allowed_buckets:
+            arn = f"arn:{base.partition}:s3:::{bucket}/*"
+            out.append(Requirement("s3:GetObject", arn, allowed, "read extended-client payloads"))
+            if extended.delete_after_success:
+                out.append(Requirement("s3:DeleteObject", arn, allowed, "delete payloads after success"))
+    if extended.bucket:
+        key = f"{extended.prefix.strip('/')}/*" if extended.prefix else "*"
+        arn = f"arn:{base.partition}:s3:::{extended.bucket}/{key}"
+        out.append(
+            Requirement(
+                "s3:PutObject",
+                arn,
+                "WORKER_EXTENDED_PAYLOADS__BUCKET",
+                "store oversized records and dead letters",
+            )
+        )
+    return out
 
 
 def _destination(uri: Any, base: Arn, source: str, variable: str) -> list[Requirement]:

@@ -48,10 +48,11 @@ _QUEUE_COUNTERS: tuple[tuple[str, str, Callable[[Mapping[str, str]], bool]], ...
     ("SqsErrors", "worker_sqs_errors_total", lambda labels: True),
     ("DestinationFailures", "worker_destination_deliveries_total", lambda labels: labels["result"] != "ok"),
 )
-#: Queue-level gauges, sampled at each flush: EMF name -> sample name.
-_QUEUE_GAUGES = (
-    ("MessagesInFlight", "worker_messages_in_flight"),
-    ("AbandonedThreads", "worker_abandoned_threads"),
+#: Queue-level gauges, sampled at each flush: EMF name -> (sample name, which of its series count).
+_QUEUE_GAUGES: tuple[tuple[str, str, Callable[[Mapping[str, str]], bool]], ...] = (
+    ("MessagesInFlight", "worker_messages_in_flight", lambda labels: True),
+    ("AbandonedThreads", "worker_abandoned_threads", lambda labels: True),
+    ("CircuitsOpen", "worker_circuit_state", lambda labels: labels["state"] == "open"),
 )
 _LAST_POLL = "worker_last_poll_success_timestamp_seconds"
 _PROCESSED = "worker_messages_processed_total"
@@ -121,8 +122,8 @@ class RegistryReader:
             for name, sample, keep in _QUEUE_COUNTERS
         ]
         metrics.extend(
-            Metric(name, "Count", sum(value for _, value in samples[sample]))
-            for name, sample in _QUEUE_GAUGES
+            Metric(name, "Count", sum(value for labels, value in samples[sample] if keep(labels)))
+            for name, sample, keep in _QUEUE_GAUGES
         )
         last_poll = max((value for _, value in samples[_LAST_POLL]), default=0.0)
         if last_poll > 0:

@@ -23,6 +23,8 @@ class Health:
     polls_due: dict[int, float] = field(default_factory=dict)
     #: Why the pollers hold back receiving (read live; None or a None result: they do not).
     receive_paused: Callable[[], str | None] | None = None
+    #: More fields for /readyz's JSON body, read at each probe (the open circuit breakers).
+    details: Callable[[], dict[str, object]] | None = None
 
     def poll_begun(self, poller: int, due: float) -> None:
         """A receive went out and should answer by ``due`` (long-poll wait plus a margin)."""

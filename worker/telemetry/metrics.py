@@ -114,5 +114,17 @@ class Metrics:
             ["source", "result"],
             registry=r,
         )
+        self.circuit_state = Gauge(
+            "worker_circuit_state",
+            "Circuit breaker state per dependency: 1 for its current state (closed, open, half_open).",
+            ["queue", "dependency", "state"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "worker_circuit_transitions",
+            "Circuit breaker state changes per dependency, by the state entered.",
+            ["queue", "dependency", "to"],
+            registry=r,
+        )
         self.build_info = Info("worker_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})

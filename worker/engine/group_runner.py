@@ -1,0 +1,129 @@
+"""A group through a per-message handler: a FIFO group of one receive, or a single message, in order.
+
+Each message has its own lease and heartbeat; after a delayed retry the rest of the group goes back with
+it (same delay), so they cannot overtake it. Drain and forced stop hand back what has not started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+import anyio
+
+from worker.engine.breaker import Denied
+from worker.engine.breaker_gate import Reopened
+from worker.engine.lease import Beat, Lease
+from worker.engine.message import Message
+from worker.errors import DecodeError
+
+if TYPE_CHECKING:
+    from worker.engine.processor import Disposition, Processor
+
+
+async def run_group(
+    processor: Processor,
+    items: Sequence[tuple[Message, DecodeError | None]],
+    received_at: float,
+    release: Callable[[int], None],
+) -> None:
+    """Process messages in order, one at a time; after a delayed retry the rest go back with it.
+
+    Each message has its own lease (taken at ``received_at``, the time the receive was sent) and its
+    own heartbeat, running until that message is finished. ``release(n)`` is called once for each
+    message when the worker no longer holds it: when it is finished or, for the group's last message
+    when it succeeded, once its (batched) delete has answered, without keeping this task waiting.
+    """
+
+    def settle(count: int = 1) -> None:
+        processor.held -= count
+        release(count)
+
+    processor.held += len(items)
+    leases = [processor.lease(received_at) for _ in items]
+    beats: list[Beat] = []
+    done = 0
+    try:
+        for (message, _), lease in zip(items, leases, strict=True):
+            beats.append(processor.heartbeats.track(lease, message.receipt_handle))
+        give_back: int | None = None
+        last = len(items) - 1
+        for (message, decode_error), lease in zip(items, leases, strict=True):
+            handed_over = False
+            if give_back is None and processor.draining:
+                give_back = processor.handback_seconds  # draining: what has not started goes back
+            if give_back is not None:
+                await processor.hand_back(message, lease, give_back)
+            else:
+                verdict = await run_one(
+                    processor, message, decode_error, lease, settle=settle if done == last else None
+                )
+                handed_over = verdict.settle_pending
+                if not verdict.finished:
+                    give_back = verdict.give_back if verdict.give_back is not None else 0
+            processor.heartbeats.untrack(beats[done])
+            done += 1  # released below, or by the pending delete
+            if not handed_over:
+                settle()
+    except anyio.get_cancelled_exc_class():
+        # Forced stop (shutdown deadline, second signal): what is unfinished goes back at once.
+        for beat in beats[done:]:
+            processor.heartbeats.untrack(beat)
+        with anyio.move_on_after(5, shield=True):
+            await processor.give_back([m for m, _ in items[done:]], leases[done:], processor.handback_seconds)
+        raise
+    finally:
+        for beat in beats[done:]:
+            processor.heartbeats.untrack(beat)
+        if done < len(items):
+            settle(len(items) - done)
+
+
+async def run_one(
+    processor: Processor,
+    message: Message,
+    decode_error: DecodeError | None,
+    lease: Lease,
+    *,
+    settle: Callable[[], None] | None = None,
+) -> Disposition:
+    """Run one message to a verdict: acked, retried later, or dead-lettered.
+
+    With ``settle``, a success does not wait for its delete: the verdict says ``settle_pending`` and
+    ``settle()`` runs (after the on-success outcome) once the delete has answered.
+    """
+    early = await processor.before_handler(message, decode_error, lease)
+    if early is not None:
+        return early
+    handed_back = processor.handbacks.count(message.id)
+    first_sent = processor.first_sent(message)
+    immediate = 0
+    gate = processor.gate
+    reopened: Reopened | None = None
+    while True:
+        call = partial(processor.handler.invoke, message)
+        if gate is None:
+            invoked = await processor.invoke((message,), call)
+        else:
+            admitted = gate.admit(message)
+            if isinstance(admitted, Denied):
+                return await processor.breaker_hand_back(
+                    message, lease, admitted.dependency, admitted.retry_in
+                )
+            try:
+                invoked = await processor.invoke((message,), call)
+            except BaseException:
+                gate.release(admitted)  # cancelled: a probe permit must not leak
+                raise
+            reopened = gate.record(admitted, invoked[0], invoked[2])
+            if reopened is not None and not reopened.counts:
+                # Failed as its dependency's breaker opened: the breaker decides when it runs again.
+                dependency, retry_in = reopened.dependency, reopened.retry_in
+                return await processor.breaker_hand_back(message, lease, dependency, retry_in)
+        verdict = processor.decide(message, lease, invoked, immediate, handed_back, first_sent)
+        if gate is not None and verdict is not None and reopened is not None:
+            verdict = verdict.not_before(reopened.retry_in)  # a failed probe: not back before the next
+        if verdict is not None:
+            return await processor.act(message, lease, invoked, verdict, settle=settle)
+        immediate += 1
