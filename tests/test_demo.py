@@ -58,3 +58,38 @@ async def test_quick_demo_summary_matches_the_stack(
     assert len(keys) == summary["dead_lettered"] == summary["s3_records"]
     conditions = {key.split("/")[4] for key in keys}
     assert conditions <= {"PermanentError", "SchemaError", "DecodeError", "Timeout", "RetriesExhausted"}
+
+
+async def test_canary_demo_rolls_the_bad_version_back(
+    sqs: Any, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`worker demo --quick --canary`: the bad 0.2.0 is rolled back by its gate, record delivered, 0 lost."""
+    prefix = unique("demo")
+    summary_path = tmp_path / "summary.json"
+    argv = [sys.executable, "-m", "worker", "demo", "--quick", "--canary", "--messages", "40"]
+    argv += [
+        "--endpoint",
+        aws_env["AWS_ENDPOINT_URL"],
+        "--prefix",
+        prefix,
+        "--summary-json",
+        str(summary_path),
+    ]
+    result = subprocess.run(  # noqa: ASYNC221 - the test has nothing else to do meanwhile
+        argv, env=aws_env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "the bad version was rolled back, no order lost" in result.stdout
+    canary = json.loads(summary_path.read_text())["canary"]
+    assert canary["state"] == "rolled_back"
+    assert canary["weight"] == 0
+    assert canary["candidate_failures"] > 0
+    assert canary["candidate_calls"] >= 10
+    assert canary["outcomes"] == {"Success": canary["published"]}  # none dead-lettered, none lost
+    record = canary["record"]
+    assert record["type"] == "CanaryRolledBack"
+    assert record["gate"] == "max_error_ratio"
+    assert record["versions"] == {"candidate": "0.2.0", "baseline": "demo-1"}
+    assert record["observed"] > record["threshold"] == 0.1
+    url = (await sqs.get_queue_url(QueueName=f"{prefix}-orders"))["QueueUrl"]
+    assert await depth(sqs, url) == 0

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.test_deploy_support import (
     DEPLOY,
@@ -158,14 +159,18 @@ def test_policy_is_least_privilege_shaped(path: Path) -> None:
             prefix, _, name = action.partition(":")
             assert "*" not in action, action
             assert prefix in SERVICES, action
-            assert name in session.get_service_model(prefix).operation_names, f"{action} is not an API action"
+            known = action in AUTHORIZED_AS.values()  # an IAM action named unlike its call (s3:ListBucket)
+            assert known or name in session.get_service_model(prefix).operation_names, (
+                f"{action} is not an API action"
+            )
         for resource in _as_list(st["Resource"]):
             assert resource.startswith("arn:aws:"), resource
             head, _, tail = (
                 resource.partition(":::") if resource.startswith("arn:aws:s3:::") else (resource, "", "")
             )
             assert "*" not in head, f"{resource}: wildcard outside an S3 object key"
-            assert not tail or re.fullmatch(r"[a-z0-9.-]+/[\w./-]*\*?", tail), resource
+            # An object key pattern, or a bucket itself (for s3:ListBucket).
+            assert not tail or re.fullmatch(r"[a-z0-9.-]+(/[\w./-]*\*?)?", tail), resource
 
 
 def test_scanner_finds_direct_calls_dispatch_by_name_and_refuses_ambiguity() -> None:
@@ -412,7 +417,43 @@ def test_worker_policy_allows_exactly_what_the_worker_calls() -> None:
         "sqs:SendMessage",
     } <= called
     decisions, _ = _worker_decisions()
-    assert {action for action, _ in allowed(decisions)} == called
+    rollouts = {
+        action
+        for st in _statements(load_json(IAM / "worker-rollouts-policy.json"))
+        for action in _as_list(st["Action"])
+    }
+    # The rollouts addendum (canary state, blue/green flag) completes the base policy for those features.
+    assert {action for action, _ in allowed(decisions)} | rollouts == called
+
+
+def test_rollouts_addendum_covers_what_the_rollout_examples_need() -> None:
+    """With the Argo canary and the blue/green colour settings, every S3 need is in the rollouts addendum."""
+    from worker.aws.names import queue_arn_from_url
+    from worker.service.iam import required_permissions
+
+    env = dict(load_yaml(DEPLOY / "k8s" / "configmap.yaml")["data"])
+    for manifest in ("argo/rollout.yaml", "k8s/blue-green/deployment-blue.yaml"):
+        for doc in yaml.safe_load_all((DEPLOY / manifest).read_text()):
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                env.update({e["name"]: str(e["value"]) for e in container.get("env", []) if "value" in e})
+    settings = settings_from_env(env)
+    assert settings.canary.enabled
+    assert settings.color == "blue"
+    queue_arn = _queue_arn(settings.queue_url)
+    needed = {
+        (r.action, r.resource)
+        for r in required_permissions(settings, queue_arn=queue_arn, dlq_url=str(settings.dlq_url))
+        if r.setting in ("WORKER_CANARY__STATE", "WORKER_COLOR_STATE")
+    }
+    assert queue_arn_from_url(settings.queue_url, queue_arn) == queue_arn
+    policy = load_json(IAM / "worker-rollouts-policy.json")
+    granted = {
+        (action, resource)
+        for st in _statements(policy)
+        for action in _as_list(st["Action"])
+        for resource in _as_list(st["Resource"])
+    }
+    assert needed == granted
 
 
 def test_kms_addendum_only_decrypts_and_encrypts_through_the_worker_services() -> None:

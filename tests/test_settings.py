@@ -14,14 +14,27 @@ from hypothesis import strategies as st
 
 from tests.helpers import Run, run_concurrently
 from worker.engine.breaker import BreakerConfig
+from worker.engine.rollout import Gates, Step
 from worker.errors import ConfigError
 from worker.settings import Settings, derived_wait_seconds, load_settings
-from worker.settings_groups import BreakerSettings
+from worker.settings_groups import BreakerSettings, CanarySettings, s3_location
 
 QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/orders"
 DLQ = "https://sqs.us-east-1.amazonaws.com/123456789012/orders-dlq"
 HANDLER = "app.handlers:handle"
 GOOD = {"WORKER_QUEUE_URL": QUEUE, "WORKER_HANDLER": HANDLER, "WORKER_DLQ_URL": DLQ}
+#: A complete canary on top of GOOD (the baseline's version is WORKER_HANDLER_VERSION's default, unknown).
+CANARY = {
+    "WORKER_CANARY__HANDLER": "app.handlers:handle_v2",
+    "WORKER_CANARY__VERSION": "v2",
+    "WORKER_CANARY__STATE": "s3://rollouts/orders",
+    "WORKER_CANARY__CONFIG": "Canary10Percent5Minutes",
+}
+
+
+def canary_without(name: str) -> dict[str, str | None]:
+    """CANARY without one of its variables."""
+    return {key: value for key, value in CANARY.items() if key != name}
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,47 @@ BAD: dict[str, Bad] = {
     "breaker json field out of range": Bad(
         {"WORKER_BREAKER": '{"min_calls": 0}'}, "WORKER_BREAKER__MIN_CALLS"
     ),
+    "canary handler without colon": Bad({"WORKER_CANARY__HANDLER": "app.v2"}, "WORKER_CANARY__HANDLER"),
+    "canary without version": Bad(canary_without("WORKER_CANARY__VERSION"), "WORKER_CANARY__VERSION"),
+    "canary version empty": Bad({**CANARY, "WORKER_CANARY__VERSION": ""}, "WORKER_CANARY__VERSION"),
+    "canary version is the baseline's": Bad(
+        {**CANARY, "WORKER_HANDLER_VERSION": "v2"}, "WORKER_CANARY__VERSION (v2) must differ"
+    ),
+    "canary without state": Bad(canary_without("WORKER_CANARY__STATE"), "WORKER_CANARY__STATE"),
+    "canary without config or steps": Bad(
+        canary_without("WORKER_CANARY__CONFIG"), "WORKER_CANARY__CONFIG or WORKER_CANARY__STEPS"
+    ),
+    "canary config and steps": Bad({**CANARY, "WORKER_CANARY__STEPS": "10:60"}, "WORKER_CANARY__STEPS"),
+    "canary config unknown": Bad(
+        {"WORKER_CANARY__CONFIG": "Canary10Percent1Minute"}, "WORKER_CANARY__CONFIG"
+    ),
+    "canary steps not increasing": Bad({"WORKER_CANARY__STEPS": "50:60,10:60"}, "WORKER_CANARY__STEPS"),
+    "canary steps with 100": Bad({"WORKER_CANARY__STEPS": "10:60,100:60"}, "WORKER_CANARY__STEPS"),
+    "canary steps zero bake": Bad({"WORKER_CANARY__STEPS": "10:0"}, "WORKER_CANARY__STEPS"),
+    "canary state not s3": Bad({"WORKER_CANARY__STATE": "https://rollouts/x"}, "WORKER_CANARY__STATE"),
+    "canary state bad bucket": Bad({"WORKER_CANARY__STATE": "s3://Rollouts/x"}, "WORKER_CANARY__STATE"),
+    "canary state empty segment": Bad({"WORKER_CANARY__STATE": "s3://rollouts/a//b"}, "WORKER_CANARY__STATE"),
+    "canary error ratio above 1": Bad(
+        {"WORKER_CANARY__MAX_ERROR_RATIO": "1.5"}, "WORKER_CANARY__MAX_ERROR_RATIO"
+    ),
+    "canary relative ratio zero": Bad(
+        {"WORKER_CANARY__MAX_ERROR_RATIO_VS_BASELINE": "0"}, "WORKER_CANARY__MAX_ERROR_RATIO_VS_BASELINE"
+    ),
+    "canary p99 ratio not finite": Bad(
+        {"WORKER_CANARY__MAX_P99_RATIO": "inf"}, "WORKER_CANARY__MAX_P99_RATIO"
+    ),
+    "canary min samples zero": Bad({"WORKER_CANARY__MIN_SAMPLES": "0"}, "WORKER_CANARY__MIN_SAMPLES"),
+    "canary interval zero": Bad(
+        {"WORKER_CANARY__EVALUATION_INTERVAL_SECONDS": "0"}, "WORKER_CANARY__EVALUATION_INTERVAL_SECONDS"
+    ),
+    "canary on rollback bogus in list": Bad(
+        {"WORKER_CANARY__ON_ROLLBACK": "sqs://ok,bogus://x"}, "WORKER_CANARY__ON_ROLLBACK"
+    ),
+    "canary unknown field": Bad({"WORKER_CANARY__WEIGHT": "10"}, "WORKER_CANARY__WEIGHT"),
+    "color unknown": Bad({"WORKER_COLOR": "red"}, "WORKER_COLOR"),
+    "color without its flag": Bad({"WORKER_COLOR": "green"}, "WORKER_COLOR_STATE"),
+    "color flag without key": Bad({"WORKER_COLOR_STATE": "s3://flags"}, "WORKER_COLOR_STATE"),
+    "color flag not s3": Bad({"WORKER_COLOR_STATE": "flags/active"}, "WORKER_COLOR_STATE"),
 }
 
 
@@ -111,6 +165,9 @@ CLI_CASES = [
     "http port too big",
     "breaker ratio not a number",
     "breaker not a json object",
+    "canary without state",
+    "canary steps not increasing",
+    "color without its flag",
 ]
 
 
@@ -308,6 +365,111 @@ def test_worker_config_and_the_settings_table_show_every_breaker_field(env: pyte
     )
     documented = [row.variable for row in iter_rows() if row.variable.startswith("WORKER_BREAKER")]
     assert documented == fields
+
+
+def test_canary_and_colors_are_off_by_default(env: pytest.MonkeyPatch) -> None:
+    """Without WORKER_CANARY__HANDLER no canary runs; the gates keep their documented defaults; no colour."""
+    settings = load_settings()
+    canary = settings.canary
+    assert canary == CanarySettings()
+    assert canary.enabled is False
+    assert (canary.max_error_ratio, canary.max_error_ratio_vs_baseline, canary.max_p99_ratio) == (
+        0.1,
+        None,
+        None,
+    )
+    assert (canary.min_samples, canary.evaluation_interval_seconds, canary.on_rollback) == (20, 10.0, [])
+    assert canary.state_location() is None
+    assert (settings.color, settings.color_state) == (None, None)
+
+
+def test_canary_settings_are_read_and_give_the_pure_cores_inputs(env: pytest.MonkeyPatch) -> None:
+    """A complete WORKER_CANARY__* set (any case) gives the plan, the gates, the store location, the URIs."""
+    for name, value in CANARY.items():
+        env.setenv(name.lower(), value)
+    env.delenv("worker_canary__config")
+    env.setenv("WORKER_CANARY__STEPS", "5:30, 25:60")
+    env.setenv("WORKER_CANARY__MAX_ERROR_RATIO_VS_BASELINE", "2")
+    env.setenv("WORKER_CANARY__MAX_P99_RATIO", "1.5")
+    env.setenv("WORKER_CANARY__MIN_SAMPLES", "50")
+    env.setenv("WORKER_CANARY__ON_ROLLBACK", " sqs://rollbacks , sns:arn:aws:sns:us-east-1:123456789012:ops,")
+    canary = load_settings().canary
+    assert canary.enabled is True
+    assert (canary.handler, canary.version) == ("app.handlers:handle_v2", "v2")
+    assert canary.plan() == (Step(5, 30.0), Step(25, 60.0))
+    assert canary.gates() == Gates(0.1, 2.0, 1.5, 50)
+    assert canary.state_location() == ("rollouts", "orders")
+    assert canary.on_rollback == ["sqs://rollbacks", "sns:arn:aws:sns:us-east-1:123456789012:ops"]
+    env.delenv("WORKER_CANARY__STEPS")
+    env.setenv("WORKER_CANARY__CONFIG", "CodeDeployDefault.LambdaLinear10PercentEvery2Minutes")
+    env.setenv("WORKER_CANARY__MAX_ERROR_RATIO", "0")
+    canary = load_settings().canary
+    assert [step.percent for step in canary.plan()] == list(range(10, 100, 10))
+    assert canary.gates().max_error_ratio == 0
+    env.setenv("WORKER_CANARY__MAX_ERROR_RATIO", "Off")
+    env.setenv("WORKER_CANARY__MAX_P99_RATIO", "none")
+    env.setenv("WORKER_CANARY__MAX_ERROR_RATIO_VS_BASELINE", "")
+    assert load_settings().canary.gates() == Gates(None, None, None, 50)
+
+
+def test_canary_fields_without_a_handler_are_accepted(env: pytest.MonkeyPatch) -> None:
+    """Left-over WORKER_CANARY__* values after a promotion (handler removed) start the worker, canary off."""
+    env.setenv("WORKER_CANARY__VERSION", "unknown")
+    env.setenv("WORKER_CANARY__STATE", "s3://rollouts")
+    canary = load_settings().canary
+    assert canary.enabled is False
+    assert canary.state_location() == ("rollouts", "")
+
+
+def test_color_settings(env: pytest.MonkeyPatch) -> None:
+    """WORKER_COLOR is read case-insensitively with its flag; the flag alone (an operator's shell) is fine."""
+    env.setenv("WORKER_COLOR_STATE", "s3://flags/orders/active-color")
+    assert (load_settings().color, load_settings().color_state) == (None, "s3://flags/orders/active-color")
+    env.setenv("WORKER_COLOR", "Green")
+    assert load_settings().color == "green"
+
+
+@pytest.mark.parametrize(
+    ("uri", "key_required", "expected"),
+    [
+        ("s3://rollouts", False, ("rollouts", "")),
+        ("s3://rollouts/", False, ("rollouts", "")),
+        ("s3://rollouts/a/b/", False, ("rollouts", "a/b")),
+        ("s3://my.flags/orders/color", True, ("my.flags", "orders/color")),
+        ("s3://rollouts", True, "an object key"),
+        ("s3://rollouts/", True, "an object key"),
+        ("S3://rollouts/a", False, "must be s3://bucket/prefix"),
+        ("s3://ro/a", False, "the bucket must be 3-63"),
+        ("s3://a..b/a", False, "the bucket"),
+        ("s3://rollouts/a//b", False, "empty segment"),
+        ("s3://rollouts/" + "k" * 1025, False, "1025 bytes"),
+    ],
+)
+def test_s3_locations(uri: str, key_required: bool, expected: tuple[str, str] | str) -> None:
+    """s3://bucket/prefix splits into bucket and path; a bad one raises ValueError saying why."""
+    if isinstance(expected, tuple):
+        assert s3_location(uri, key_required=key_required) == expected
+    else:
+        with pytest.raises(ValueError, match=expected):
+            s3_location(uri, key_required=key_required)
+
+
+def test_worker_config_and_the_settings_table_show_every_canary_field(env: pytest.MonkeyPatch) -> None:
+    """`worker config` and docs/configuration.md show a WORKER_CANARY__<FIELD> row per field, and colours."""
+    from tools.settings_doc import iter_rows
+    from worker.ops.config_view import setting_rows
+
+    env.setenv("WORKER_CANARY__MIN_SAMPLES", "7")
+    fields = [f"WORKER_CANARY__{name.upper()}" for name in CanarySettings.model_fields]
+    rows = {row.name: row for row in setting_rows(load_settings(), "WORKER_")}
+    assert [name for name in rows if name.startswith("WORKER_CANARY")] == fields
+    assert (rows["WORKER_CANARY__MIN_SAMPLES"].value, rows["WORKER_CANARY__MIN_SAMPLES"].source) == (
+        7,
+        "environment",
+    )
+    documented = [row.variable for row in iter_rows()]
+    assert [name for name in documented if name.startswith("WORKER_CANARY")] == fields
+    assert {"WORKER_COLOR", "WORKER_COLOR_STATE"} <= set(documented) & set(rows)
 
 
 def test_overrides_beat_environment(env: pytest.MonkeyPatch) -> None:

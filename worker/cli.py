@@ -13,8 +13,9 @@ from worker.errors import ConfigError, first_of
 def build_parser(*, operator_tools: bool = True) -> argparse.ArgumentParser:
     """The argument parser with one sub-command per job.
 
-    ``operator_tools=False`` leaves out ``dlq``, ``redrive`` and ``topology`` (their arguments live in
-    worker.ops): the parser ``worker run`` uses, so its start imports nothing it does not need.
+    ``operator_tools=False`` leaves out ``dlq``, ``redrive``, ``topology``, ``canary`` and ``switch`` (their
+    arguments live in worker.ops): the parser ``worker run`` uses, so its start imports nothing it does not
+    need.
     """
     parser = argparse.ArgumentParser(
         prog="worker",
@@ -52,13 +53,22 @@ def build_parser(*, operator_tools: bool = True) -> argparse.ArgumentParser:
     demo.add_argument("--endpoint", default=None, help="use this running LocalStack instead of starting one")
     demo.add_argument("--prefix", default="demo", help="name prefix of the resources it creates")
     demo.add_argument("--summary-json", default=None, metavar="PATH", help="also write the summary as JSON")
+    demo.add_argument(
+        "--canary",
+        action="store_true",
+        help="then roll out a deliberately bad handler version as a canary and show it rolled back",
+    )
     if operator_tools:
         from worker.ops.arguments import add_dlq_parser, add_redrive_parser
+        from worker.ops.canary import add_canary_parser
+        from worker.ops.switch import add_switch_parser
         from worker.ops.topology_cli import add_topology_parser
 
         add_dlq_parser(sub)
         add_redrive_parser(sub)
         add_topology_parser(sub)
+        add_canary_parser(sub)
+        add_switch_parser(sub)
     return parser
 
 
@@ -85,11 +95,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 endpoint=args.endpoint,
                 prefix=args.prefix,
                 summary_json=args.summary_json,
+                canary=args.canary,
             )
         if args.command == "topology":
             from worker.ops.topology import main as topology_main
 
             return topology_main(args)
+        if args.command == "canary":
+            from worker.ops.canary import main as canary_main
+
+            return canary_main(args)
+        if args.command == "switch":
+            from worker.ops.switch import main as switch_main
+
+            return switch_main(args)
         if args.command in ("dlq", "redrive"):
             from worker.ops.settings import load_tool_settings
 

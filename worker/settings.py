@@ -27,7 +27,13 @@ from worker.limits import (
     SQS_MAX_RETENTION_SECONDS,
     SQS_VISIBILITY_CAP_SECONDS,
 )
-from worker.settings_groups import BreakerSettings, ExtendedPayloadSettings, split_list
+from worker.settings_groups import (
+    BreakerSettings,
+    CanarySettings,
+    ExtendedPayloadSettings,
+    s3_location,
+    split_list,
+)
 
 ENV_PREFIX = "WORKER_"
 #: SQS caps a message's visibility at 12 hours from its receive.
@@ -207,8 +213,33 @@ class Settings(BaseSettings):
     log_bodies: bool = Field(
         default=False, description="Include error texts in logs (they may quote message content)."
     )
+    tracing: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "OpenTelemetry spans per handler call (case-insensitive): `auto` when an SDK TracerProvider is "
+            "configured, `on` always (no SDK: the producer's trace ids still reach logs, dead letters and "
+            "destinations), `off` never (docs/tracing.md)."
+        ),
+    )
     breaker: BreakerSettings = Field(
         default_factory=BreakerSettings, description="Circuit breakers (WORKER_BREAKER__*)."
+    )
+    canary: CanarySettings = Field(
+        default_factory=CanarySettings, description="Canary rollout of a handler version (WORKER_CANARY__*)."
+    )
+    color: Literal["blue", "green"] | None = Field(
+        default=None,
+        description=(
+            "Blue/green fleets: this worker's colour (case-insensitive). Only the active colour, named by "
+            "WORKER_COLOR_STATE, polls; the other stays up and ready in standby. Unset: always active."
+        ),
+    )
+    color_state: str | None = Field(
+        default=None,
+        description=(
+            "The shared flag naming the active colour, `s3://bucket/key` (absent object: `blue`). "
+            "Required with WORKER_COLOR."
+        ),
     )
 
     @field_validator("handler")
@@ -229,6 +260,23 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("tracing", mode="before")
+    @classmethod
+    def _tracing_lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("color", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("color_state")
+    @classmethod
+    def _color_flag(cls, value: str | None) -> str | None:
+        if value is not None:
+            s3_location(value, key_required=True)
+        return value
 
     @field_validator("on_success", "on_failure", mode="before")
     @classmethod
@@ -299,7 +347,28 @@ class Settings(BaseSettings):
             raise ConfigError(
                 f"{ENV_PREFIX}DLQ_URL must be a FIFO queue exactly when {ENV_PREFIX}QUEUE_URL is one"
             )
+        self._coherent_rollouts()
         return self
+
+    def _coherent_rollouts(self) -> None:
+        """WORKER_CANARY__* complete and apart from the baseline; WORKER_COLOR with its flag."""
+        problem = self.canary.problem()
+        if problem is not None:
+            raise ConfigError(problem)
+        if self.canary.enabled and self.canary.version == self.handler_version:
+            raise ConfigError(
+                f"{ENV_PREFIX}CANARY__VERSION ({self.canary.version}) must differ from "
+                f"{ENV_PREFIX}HANDLER_VERSION (the baseline's version)"
+            )
+        for uri in self.canary.on_rollback:
+            try:
+                parse_destination(uri)
+            except ValueError as exc:
+                raise ConfigError(f"{ENV_PREFIX}CANARY__ON_ROLLBACK: {exc}") from None
+        if self.color is not None and self.color_state is None:
+            raise ConfigError(
+                f"{ENV_PREFIX}COLOR_STATE (s3://bucket/key) is required when {ENV_PREFIX}COLOR is set"
+            )
 
     @property
     def is_fifo(self) -> bool:

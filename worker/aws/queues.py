@@ -49,5 +49,5 @@ async def receive(
         WaitTimeSeconds=wait,
         VisibilityTimeout=visibility,
         MessageAttributeNames=["All"],
-        MessageSystemAttributeNames=["All"],
+        MessageSystemAttributeNames=["All"],  # AWSTraceHeader included: the trace context (docs/tracing.md)
     )

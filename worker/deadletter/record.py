@@ -6,6 +6,9 @@ per message: when the original already has 10, the last one by name moves into t
 (``displaced_attributes``) and ``restore_attributes`` puts it back, so nothing is lost. A body too large
 to leave room for the metadata can be stored in S3: the copy then carries an extended-client
 ``PayloadS3Pointer`` and ``ExtendedPayloadSize`` instead (docs/large-payloads.md).
+
+The copy carries the message's trace context as its ``AWSTraceHeader`` system attribute (not one of the 10
+message attributes), and the record names the trace and span that dead-lettered it (docs/tracing.md).
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from worker.engine.message import Message, MessageAttribute
 from worker.engine.payload_pointer import SIZE_ATTRIBUTES, PayloadPointer, object_key, size_attribute
 from worker.limits import SQS_MAX_ATTRIBUTES, SQS_MAX_MESSAGE_BYTES
 from worker.timestamps import iso_utc, parse_iso
+from worker.traces import AWS_TRACE_HEADER, SpanRef
 
 log = logging.getLogger("worker.deadletter")
 
 FAILURE_ATTRIBUTE = "worker.failure"
 FORMAT_VERSION = 1
+#: Fields a record leaves out when they are None (so records stay as they were without them).
+_OMITTED_WHEN_NONE = ("redriven_at", "trace_id", "span_id")
 #: Error messages are cut to this many characters in the record.
 MAX_ERROR_CHARS = 2048
 
@@ -66,6 +72,9 @@ class FailureRecord:
     redriven_at: str | None = None
     history: tuple[dict[str, Any], ...] = ()
     displaced_attributes: Mapping[str, Any] = field(default_factory=dict)
+    #: The trace (32 hex digits) and span (16) of the processing that dead-lettered it, when traced.
+    trace_id: str | None = None
+    span_id: str | None = None
     v: int = FORMAT_VERSION
 
     def to_json(self) -> str:
@@ -77,8 +86,9 @@ class FailureRecord:
             del data["history"]
         if not data["displaced_attributes"]:
             del data["displaced_attributes"]
-        if data["redriven_at"] is None:
-            del data["redriven_at"]
+        for optional in _OMITTED_WHEN_NONE:
+            if data[optional] is None:
+                del data[optional]
         # ASCII-only: a lone surrogate in an error message cannot be UTF-8 encoded (and SQS rejects
         # U+FFFE/U+FFFF); escaped, the value is always sendable and reads back identical.
         return json.dumps(data, separators=(",", ":"), ensure_ascii=True)
@@ -97,8 +107,9 @@ def failure_record(
     now: datetime,
     previous: FailureRecord | None = None,
     handed_back: int = 0,
+    trace: SpanRef | None = None,
 ) -> FailureRecord:
-    """The failure metadata for a message about to be dead-lettered."""
+    """The failure metadata for a message about to be dead-lettered (``trace``: the span doing it)."""
     history: tuple[dict[str, Any], ...] = ()
     redrive_count = 0
     original_id = message.id
@@ -106,8 +117,9 @@ def failure_record(
         prior = asdict(previous)
         prior.pop("history", None)
         prior.pop("displaced_attributes", None)
-        if prior.get("redriven_at") is None:
-            prior.pop("redriven_at", None)
+        for optional in _OMITTED_WHEN_NONE:
+            if prior.get(optional) is None:
+                prior.pop(optional, None)
         history = (*previous.history, prior)
         # A record on the incoming message means it was dead-lettered before and redriven since;
         # ``worker redrive`` counts its own moves (redriven_at set), other moves are counted here.
@@ -131,6 +143,8 @@ def failure_record(
         redrive_count=redrive_count,
         handed_back=handed_back,
         history=history,
+        trace_id=trace.trace_hex if trace is not None else None,
+        span_id=trace.span_hex if trace is not None else None,
     )
 
 
@@ -207,9 +221,16 @@ def message_size(body: str, attributes: Mapping[str, MessageAttribute]) -> int:
 
 
 def build_dead_letter(
-    message: Message, record: FailureRecord, *, fifo: bool, offloaded: PayloadPointer | None = None
+    message: Message,
+    record: FailureRecord,
+    *,
+    fifo: bool,
+    offloaded: PayloadPointer | None = None,
+    trace_header: str | None = None,
 ) -> dict[str, Any]:
     """SendMessage arguments (without QueueUrl) for the DLQ copy of ``message``; pure.
+
+    The copy's ``AWSTraceHeader`` system attribute is ``trace_header``, else the message's own (if any).
 
     Raises DeadLetterTooLarge when even a minimal record does not fit: the caller then stores the body in
     S3 and builds the copy again with ``offloaded`` (the body becomes that ``PayloadS3Pointer``, with an
@@ -241,6 +262,9 @@ def build_dead_letter(
         "MessageBody": body,
         "MessageAttributes": {name: attr.to_sqs() for name, attr in attributes.items()},
     }
+    header = trace_header or message.system_attributes.get(AWS_TRACE_HEADER)
+    if header:  # a system attribute: not one of the 10, not counted in the message size
+        request["MessageSystemAttributes"] = {AWS_TRACE_HEADER: {"DataType": "String", "StringValue": header}}
     if fifo:
         request["MessageGroupId"] = message.group_id or "default"
         request["MessageDeduplicationId"] = dead_letter_dedup_id(

@@ -20,6 +20,7 @@ from worker.deadletter.record import (
 from worker.engine.message import Message
 from worker.engine.payloads import STORE_ERRORS, PayloadOffload
 from worker.telemetry.metrics import Metrics
+from worker.telemetry.tracing import dead_letter_trace
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.client import SQSClient
@@ -63,8 +64,14 @@ class DeadLetterWriter:
         attempts: int,
         *,
         handed_back: int = 0,
+        version: tuple[str, str] | None = None,
     ) -> bool:
-        """Write the DLQ copy with its failure record; False when it could not be acknowledged."""
+        """Write the DLQ copy with its failure record; False when it could not be acknowledged.
+
+        ``version``: (handler, handler version) that ran, when not WORKER_HANDLER's (a canary's).
+        """
+        handler, handler_version = version or (self._handler, self._handler_version)
+        trace_header, span = dead_letter_trace(message)
         record = failure_record(
             message,
             error_type=error_type,
@@ -72,16 +79,17 @@ class DeadLetterWriter:
             condition=condition,
             attempts=attempts,
             source_queue_arn=self._source_arn,
-            handler=self._handler,
-            handler_version=self._handler_version,
+            handler=handler,
+            handler_version=handler_version,
             now=datetime.now(UTC),
             previous=read_failure(message.sqs_attributes),
             handed_back=handed_back,
+            trace=span,
         )
         try:
-            request = build_dead_letter(message, record, fifo=self._fifo)
+            request = build_dead_letter(message, record, fifo=self._fifo, trace_header=trace_header)
         except DeadLetterTooLarge:
-            offloaded = await self._offloaded(message, record)
+            offloaded = await self._offloaded(message, record, trace_header)
             if offloaded is None:
                 return False
             request = offloaded
@@ -112,7 +120,9 @@ class DeadLetterWriter:
         )
         return False
 
-    async def _offloaded(self, message: Message, record: FailureRecord) -> dict[str, Any] | None:
+    async def _offloaded(
+        self, message: Message, record: FailureRecord, trace_header: str | None
+    ) -> dict[str, Any] | None:
         """The DLQ copy with its body stored in S3 first (acknowledged before the send), or None."""
         if self._offload is None:
             log.error(
@@ -122,7 +132,9 @@ class DeadLetterWriter:
             return None
         pointer = self._offload.pointer(dead_letter_object(record))
         try:
-            request = build_dead_letter(message, record, fifo=self._fifo, offloaded=pointer)
+            request = build_dead_letter(
+                message, record, fifo=self._fifo, offloaded=pointer, trace_header=trace_header
+            )
         except DeadLetterTooLarge:  # the attributes alone leave no room
             log.error(  # noqa: TRY400 - an expected condition, no traceback wanted
                 "message attributes too large to carry failure metadata; left for the queue's RedrivePolicy",

@@ -16,7 +16,8 @@ On failure ``statusCode`` is 500, ``responseContext.functionError`` is the error
 
 ``requestId`` is the message's *original* id: the same across a dead-letter and redrive round trip
 (taken from the ``worker.failure`` attribute a redriven message still carries); ``worker.messageId``
-is the id of this delivery.
+is the id of this delivery. When the message was traced, ``worker.traceId`` and ``worker.spanId`` name the
+span that finished it (docs/tracing.md).
 
 A record larger than a service accepts is cut by :func:`fit_record`: both payloads become truncated
 strings, ``"truncated": true`` is set and, when given, ``"fullRecord"`` points at the complete record.
@@ -36,6 +37,7 @@ from typing import Any
 from worker.deadletter.record import read_failure
 from worker.engine.outcome import Outcome
 from worker.timestamps import iso_utc
+from worker.traces import SpanRef
 
 RECORD_VERSION = "1.0"
 #: Bytes kept in hand below a limit when cutting a record.
@@ -85,15 +87,21 @@ class WorkerContext:
     message_id: str
     group_id: str | None = None
     sns_topic_arn: str | None = None
+    #: The span that finished the message, when traced: ``traceId`` and ``spanId`` in the record.
+    trace: SpanRef | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The ``worker`` object."""
-        return {
+        data: dict[str, Any] = {
             "queueUrl": self.queue_url,
             "messageId": self.message_id,
             "groupId": self.group_id,
             "snsTopicArn": self.sns_topic_arn,
         }
+        if self.trace is not None:
+            data["traceId"] = self.trace.trace_hex
+            data["spanId"] = self.trace.span_hex
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,8 +230,8 @@ def original_message_id(outcome: Outcome) -> str:
     return outcome.message.id
 
 
-def build_record(outcome: Outcome) -> DestinationRecord:
-    """The destination record of a finished message (complete, not size-limited)."""
+def build_record(outcome: Outcome, trace: SpanRef | None = None) -> DestinationRecord:
+    """The destination record of a finished message (complete, not size-limited); ``trace``: its span."""
     message = outcome.message
     succeeded = outcome.succeeded
     error_type = outcome.error_type or outcome.condition.value
@@ -258,6 +266,7 @@ def build_record(outcome: Outcome) -> DestinationRecord:
             message_id=message.id,
             group_id=message.group_id,
             sns_topic_arn=message.sns.topic_arn if message.sns is not None else None,
+            trace=trace,
         ),
     )
 

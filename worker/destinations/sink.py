@@ -6,6 +6,9 @@ every destination of its list, each with bounded, jittered retries and a per-att
 destination outage therefore never re-runs the handler, never blocks the consumer and never delays
 the delete: the message has already left the source queue when its outcome is submitted.
 
+An outcome submitted while its message's span is current (docs/tracing.md) keeps that span for the record
+(``worker.traceId``) and for an SQS destination's ``AWSTraceHeader``.
+
 S3 destinations are written first when another destination of the same list needs the record cut
 to its size limit, so the cut record can point at the complete one (``"fullRecord": "s3://..."``).
 At shutdown (the sink's task cancelled) what is queued gets a short shielded grace to flush; what is
@@ -36,6 +39,8 @@ from worker.destinations.targets import (
 from worker.engine.outcome import Outcome, OutcomeSink
 from worker.settings import Settings
 from worker.telemetry.metrics import Metrics
+from worker.telemetry.tracing import current_span
+from worker.traces import SpanRef
 
 log = logging.getLogger("worker.destinations")
 
@@ -49,6 +54,8 @@ SHUTDOWN_GRACE_SECONDS = 3.0
 BACKOFF = Backoff(base=0.2, cap=5.0)
 #: At shutdown, seconds given to the clients to close.
 CLIENT_CLOSE_SECONDS = 2.0
+#: An outcome waiting for delivery, with the span that was current when it was submitted.
+_Queued = tuple[Outcome, SpanRef | None]
 
 
 class DestinationSink:
@@ -74,7 +81,7 @@ class DestinationSink:
         self.tasks = max(1, tasks)
         self.shutdown_grace = shutdown_grace
         self._jitter = jitter
-        self._send, self._receive = anyio.create_memory_object_stream[Outcome](capacity)
+        self._send, self._receive = anyio.create_memory_object_stream[_Queued](capacity)
         self._dropping = False
         labels = {d.label for d in (*self.on_success, *self.on_failure)}
         self._counters = {
@@ -97,7 +104,7 @@ class DestinationSink:
             if not self.destinations_for(outcome):
                 return
             try:
-                self._send.send_nowait(outcome)
+                self._send.send_nowait((outcome, current_span()))
             except anyio.WouldBlock:
                 self._drop(outcome, "queue full")
             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -152,7 +159,7 @@ class DestinationSink:
         dropped = 0
         while True:
             try:
-                outcome = self._receive.receive_nowait()
+                outcome, _ = self._receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
             self._count_all(self.destinations_for(outcome), "dropped")
@@ -171,18 +178,18 @@ class DestinationSink:
                 for _ in range(self.tasks):
                     tg.start_soon(self._deliverer, self._receive.clone())
 
-    async def _deliverer(self, receive: ObjectReceiveStream[Outcome]) -> None:
+    async def _deliverer(self, receive: ObjectReceiveStream[_Queued]) -> None:
         async with receive:
-            async for outcome in receive:
-                await self.deliver(outcome)
+            async for outcome, trace in receive:
+                await self.deliver(outcome, trace)
 
-    async def deliver(self, outcome: Outcome) -> None:
+    async def deliver(self, outcome: Outcome, trace: SpanRef | None = None) -> None:
         """Build the record and send it to every destination of its list; never raises (but Cancelled)."""
         destinations = self.destinations_for(outcome)
         settled: set[int] = set()
         try:
             try:
-                record = build_record(outcome)
+                record = build_record(outcome, trace)
             except Exception as exc:
                 log.error(  # noqa: TRY400 - the error type is enough; the record may hold bodies
                     "destination record could not be built",
@@ -237,6 +244,15 @@ class DestinationSink:
             for slot, (index, destination) in enumerate(destinations):
                 tg.start_soon(one, slot, index, destination)
         return results
+
+    async def deliver_now(self, record: DestinationRecord) -> None:
+        """Deliver one record to every on-failure destination at once (retried as usual), bypassing the queue.
+
+        For records that are not a message's outcome (a canary rollback): rare, and awaited by their writer.
+        """
+        async with anyio.create_task_group() as tg:
+            for destination in self.on_failure:
+                tg.start_soon(self._deliver_one, destination, record, None)
 
     async def _deliver_one(
         self, destination: Destination, record: DestinationRecord, full_record: str | None

@@ -28,6 +28,7 @@ from worker.engine.payloads import PayloadOffload, PayloadStore
 from worker.errors import ConfigError
 from worker.limits import EVENTS_MAX_BYTES, EVENTS_TIME_BYTES, SNS_MAX_BYTES, SQS_MAX_MESSAGE_BYTES
 from worker.settings import Settings, env_name
+from worker.traces import AWS_TRACE_HEADER, xray_header
 
 if TYPE_CHECKING:
     from types_aiobotocore_events.client import EventBridgeClient
@@ -199,6 +200,9 @@ class SqsDestination(OffloadingDestination):
         request: dict[str, Any] = {"QueueUrl": url, "MessageBody": body}
         if attributes:
             request["MessageAttributes"] = attributes
+        if record.worker.trace is not None:  # the record's consumer continues the trace (docs/tracing.md)
+            header = {"DataType": "String", "StringValue": xray_header(record.worker.trace)}
+            request["MessageSystemAttributes"] = {AWS_TRACE_HEADER: header}
         if self.uri.is_fifo:
             request["MessageGroupId"] = record.worker.group_id or record.message_id
             request["MessageDeduplicationId"] = _dedup_id(record)

@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 
 from worker.destinations.record import DestinationRecord
+from worker.devkit.demo_canary import CanaryResult, run_canary
 from worker.devkit.demo_summary import Summary, print_summary
 from worker.devkit.demo_topology import Topology, count_messages, count_s3, create_topology
 from worker.devkit.demo_traffic import build_orders, publish
@@ -43,6 +44,10 @@ _RECORDS: collections.Counter[str] = collections.Counter()
 def record_hook(record: DestinationRecord) -> None:
     """A Python destination hook: counts the records it receives (the demo's progress source)."""
     _RECORDS[record.condition] += 1
+
+
+#: The demo's in-process destination hook (it counts the records: the progress and the summary's source).
+HOOK = "python:worker.devkit.demo:record_hook"
 
 
 @contextmanager
@@ -75,7 +80,7 @@ def demo_environment(endpoint: str) -> Iterator[None]:
 
 def demo_settings(topo: Topology, *, quick: bool, http_port: int) -> Settings:
     """The worker's settings for the demo (what a user would set as WORKER_* variables)."""
-    hook = "python:worker.devkit.demo:record_hook"
+    hook = HOOK
     return Settings(
         queue_url=topo.queue_url,
         dlq_url=topo.dlq_url,
@@ -136,8 +141,15 @@ class DemoProgress:
 
 
 async def run_demo(
-    *, messages: int, quick: bool, keep: bool, http_port: int = 9102, prefix: str = "demo", stream: Any = None
-) -> Summary:
+    *,
+    messages: int,
+    quick: bool,
+    keep: bool,
+    http_port: int = 9102,
+    prefix: str = "demo",
+    stream: Any = None,
+    canary: bool = False,
+) -> tuple[Summary, CanaryResult | None]:
     """Create the topology, run the worker, publish traffic, wait for every outcome, check the stack."""
     out = stream or sys.stdout
     _RECORDS.clear()
@@ -180,11 +192,19 @@ async def run_demo(
             scenarios=dict(collections.Counter(s for s, _ in orders)),
         )
         print_summary(summary, topo, worker.http_port, out)
-        if keep:
+        if keep and not canary:
             print("\n--keep: stack and worker left running; Ctrl-C to stop.", file=out)
             await anyio.sleep_forever()
         worker.stop()
-    return summary
+    if not canary:
+        return summary, None
+    count = 60 if quick else 100
+    result = await run_canary(settings, topo, _RECORDS, orders=count, hook=HOOK, out=out)
+    summary.canary_problems = result.problems()
+    if keep:
+        print("\n--keep: stack left running; Ctrl-C to stop.", file=out)
+        await anyio.sleep_forever()
+    return summary, result
 
 
 async def _wait_destinations(topo: Topology, dead_lettered: int) -> None:
@@ -216,6 +236,7 @@ def main(
     endpoint: str | None,
     summary_json: str | None = None,
     prefix: str | None = None,
+    canary: bool = False,
 ) -> int:
     """Entry point of `worker demo`; 0 when every count matches what the stack holds."""
     if messages < 1:
@@ -231,8 +252,10 @@ def main(
             endpoint = stack.start().endpoint
             print(f"LocalStack ready at {endpoint}", flush=True)
         with demo_environment(endpoint):
-            summary = anyio.run(
-                lambda: run_demo(messages=messages, quick=quick, keep=keep, prefix=prefix or "demo")
+            summary, canary_result = anyio.run(
+                lambda: run_demo(
+                    messages=messages, quick=quick, keep=keep, prefix=prefix or "demo", canary=canary
+                )
             )
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
@@ -242,5 +265,7 @@ def main(
             stack.stop()
     if summary_json:
         data = asdict(summary) | {"succeeded": summary.succeeded, "dead_lettered": summary.dead_lettered}
+        if canary_result is not None:
+            data["canary"] = asdict(canary_result)
         Path(summary_json).write_text(json.dumps(data, indent=2))
     return 0 if not summary.consistent() else 1

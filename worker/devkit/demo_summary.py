@@ -23,6 +23,8 @@ class Summary:
     sns_alerts: int
     confirmations: int
     scenarios: dict[str, int] = field(default_factory=dict)
+    #: ``--canary``: what the canary of the bad version did (``CanaryResult.problems`` joins the check).
+    canary_problems: list[str] = field(default_factory=list)
 
     @property
     def succeeded(self) -> int:
@@ -46,7 +48,7 @@ class Summary:
             problems.append(f"SNS alerts: {self.sns_alerts}, dead-lettered: {self.dead_lettered}")
         if self.confirmations != self.succeeded:
             problems.append(f"confirmations: {self.confirmations}, succeeded: {self.succeeded}")
-        return problems
+        return problems + self.canary_problems
 
 
 def print_summary(summary: Summary, topo: Topology, http_port: int, out: Any) -> None:

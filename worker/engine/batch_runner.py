@@ -24,9 +24,11 @@ from worker.engine.lease import Lease
 from worker.engine.message import Message
 from worker.engine.policy import HandlerResult
 from worker.errors import DecodeError
+from worker.telemetry.tracing import ProcessSpan
 
 if TYPE_CHECKING:
-    from worker.engine.processor import Disposition, Processor
+    from worker.engine.disposition import Disposition
+    from worker.engine.processor import Processor
 
 
 async def run_batch(
@@ -148,11 +150,23 @@ class _BatchRun:
     async def _call(
         self, tg: TaskGroup, live: list[int], admissions: dict[int, Admission], immediate: int
     ) -> list[int]:
+        """One handler call for ``live`` in its span (current while the decisions start: they log with it)."""
+        with self.processor.batch_span([self.messages[i] for i in live]) as span:
+            return await self._call_in(span, tg, live, admissions, immediate)
+
+    async def _call_in(
+        self,
+        span: ProcessSpan,
+        tg: TaskGroup,
+        live: list[int],
+        admissions: dict[int, Admission],
+        immediate: int,
+    ) -> list[int]:
         """One handler call for ``live``; each decision carried out in ``tg``; the ones to call again."""
         batch = [self.messages[i] for i in live]
         try:
             outcome, returned, error = await self.processor.invoke(
-                tuple(batch), partial(self.invoke_batch, batch)
+                tuple(batch), partial(self.invoke_batch, batch), span
             )
         except BaseException:
             for admitted in admissions.values():
@@ -160,6 +174,8 @@ class _BatchRun:
             raise
         permanent = partial(classify, permanent=self.processor.permanent)
         shares = item_outcomes(batch, outcome, returned, error, permanent, fifo=self.fifo)
+        failed = sum(1 for s in shares if not s.held_back and s.outcome is not HandlerResult.SUCCESS)
+        span.failed_items(failed, len(batch))
         again: list[int] = []
         for i, share in zip(live, shares, strict=True):
             group = self.messages[i].group_id

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -58,6 +58,13 @@ def group_entries(
     return list(groups.values())
 
 
+class ReceiveHold(Protocol):
+    """Something that may keep the pollers from receiving for a while (breakers, blue/green standby)."""
+
+    async def wait_until_receiving(self, stopping: anyio.Event, turned: Callable[[], None]) -> None:
+        """Return once receiving may go on (or ``stopping`` is set); call ``turned()`` while holding."""
+
+
 class _Runner:
     """An idle runner's mailbox: ``item`` is set, then ``ready``; ready with no item means "stop"."""
 
@@ -101,6 +108,8 @@ class Consumer:
         self._pollers_gauge = metrics.pollers.labels(self.queue)
         #: Cancel scopes of the parked receives in flight: stop() cancels them.
         self._parked: set[anyio.CancelScope] = set()
+        #: What may hold the pollers before each receive: the breakers (when they pause receiving) and more.
+        self.holds: list[ReceiveHold] = [processor.gate] if processor.gate is not None else []
         #: Runners waiting for their next group (LIFO), and whether they may wait any more.
         self._idle: list[_Runner] = []
         self._retired = False
@@ -109,12 +118,16 @@ class Consumer:
         self._last_poll = metrics.last_poll_success.labels(self.queue)
         metrics.concurrency_limit.labels(self.queue).set(settings.concurrency)
 
+    def cancel_parked(self) -> None:
+        """Cancel the parked receives in flight (what SQS still hands them is back within seconds)."""
+        for scope in self._parked:
+            scope.cancel()
+
     def stop(self) -> None:
         """Stop polling: parked receives are cancelled (what SQS still hands them comes back within
         PARKED_VISIBILITY seconds); busy ones still return and what they bring is given back."""
         self.stopping.set()
-        for scope in self._parked:
-            scope.cancel()
+        self.cancel_parked()
         self.slots.close()  # a poller held back by abandoned threads must not wait for them
         self.processor.drain()
 
@@ -208,10 +221,9 @@ class Consumer:
     async def _poll_loop(self, pollers: TaskGroup, work: TaskGroup, index: int) -> None:
         failures = 0
         busy = False  # the first receive is parked: a stop right after start cancels it
-        gate = self.processor.gate
         while not self.stopping.is_set():
-            if gate is not None:  # without a breaker route, an open breaker stops receiving
-                await gate.wait_until_receiving(self.stopping, self.health.turned)
+            for hold in self.holds:  # an open breaker (no route), a blue/green standby
+                await hold.wait_until_receiving(self.stopping, self.health.turned)
             wanted = await self.slots.reserve(SQS_BATCH_MAX, self.health)
             if self.stopping.is_set():
                 self.slots.release(wanted)

@@ -16,10 +16,13 @@ from worker.engine.breaker import Denied
 from worker.engine.breaker_gate import Reopened
 from worker.engine.lease import Beat, Lease
 from worker.engine.message import Message
+from worker.engine.policy import HandlerResult
 from worker.errors import DecodeError
 
 if TYPE_CHECKING:
-    from worker.engine.processor import Disposition, Processor
+    from worker.engine.canary import Version
+    from worker.engine.disposition import Disposition
+    from worker.engine.processor import Processor
 
 
 async def run_group(
@@ -101,29 +104,51 @@ async def run_one(
     immediate = 0
     gate = processor.gate
     reopened: Reopened | None = None
+    # A canary rollout picks the version once per delivery (by the message's original id: sticky).
+    route = processor.canary.pick(message) if processor.canary is not None else None
+    handler = processor.handler if route is None else route.handler
     while True:
-        call = partial(processor.handler.invoke, message)
-        if gate is None:
-            invoked = await processor.invoke((message,), call)
-        else:
-            admitted = gate.admit(message)
-            if isinstance(admitted, Denied):
-                return await processor.breaker_hand_back(
-                    message, lease, admitted.dependency, admitted.retry_in
-                )
-            try:
-                invoked = await processor.invoke((message,), call)
-            except BaseException:
-                gate.release(admitted)  # cancelled: a probe permit must not leak
-                raise
-            reopened = gate.record(admitted, invoked[0], invoked[2])
-            if reopened is not None and not reopened.counts:
-                # Failed as its dependency's breaker opened: the breaker decides when it runs again.
-                dependency, retry_in = reopened.dependency, reopened.retry_in
-                return await processor.breaker_hand_back(message, lease, dependency, retry_in)
-        verdict = processor.decide(message, lease, invoked, immediate, handed_back, first_sent)
-        if gate is not None and verdict is not None and reopened is not None:
-            verdict = verdict.not_before(reopened.retry_in)  # a failed probe: not back before the next
-        if verdict is not None:
-            return await processor.act(message, lease, invoked, verdict, settle=settle)
+        # One span per call, current until its decision is carried out (log lines carry its ids).
+        with processor.span(message, immediate, handed_back) as span:
+            call = partial(handler.invoke, message)
+            if gate is None:
+                invoked = await processor.invoke((message,), call, span, route)
+            else:
+                admitted = gate.admit(message)
+                if isinstance(admitted, Denied):
+                    span.decided("breaker_hand_back", {"dependency": admitted.dependency})
+                    return await processor.breaker_hand_back(
+                        message, lease, admitted.dependency, admitted.retry_in
+                    )
+                try:
+                    invoked = await processor.invoke((message,), call, span, route)
+                except BaseException:
+                    gate.release(admitted)  # cancelled: a probe permit must not leak
+                    raise
+                reopened = gate.record(admitted, invoked[0], invoked[2])
+                if reopened is not None and not reopened.counts:
+                    # Failed as its dependency's breaker opened: the breaker decides when it runs again.
+                    dependency, retry_in = reopened.dependency, reopened.retry_in
+                    span.decided("breaker_hand_back", {"dependency": dependency})
+                    return await processor.breaker_hand_back(message, lease, dependency, retry_in)
+            if route is not None and _on_trial(processor, route, invoked[0]):
+                # Failed on the canary while it is on trial: not held against the message (docs/deploying.md).
+                span.decided("canary_hand_back", {"version": route.version})
+                return await processor.canary_hand_back(message, lease, route.version)
+            verdict = processor.decide(message, lease, invoked, immediate, handed_back, first_sent)
+            if gate is not None and verdict is not None and reopened is not None:
+                verdict = verdict.not_before(reopened.retry_in)  # a failed probe: not back before the next
+            if verdict is not None:
+                span.decided(*verdict.traced())
+                version = None if route is None else route.version
+                return await processor.act(message, lease, invoked, verdict, settle=settle, version=version)
+            span.decided("retry_now")
         immediate += 1
+
+
+def _on_trial(processor: Processor, route: Version, outcome: HandlerResult) -> bool:
+    """True when a call failed on the canary version while the rollout is still progressing."""
+    canary = processor.canary
+    return (
+        canary is not None and route.candidate and canary.rolling_out and outcome is not HandlerResult.SUCCESS
+    )

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -15,6 +16,9 @@ from worker.engine import policy
 from worker.engine.failure import PermanentTypes, classify
 from worker.engine.message import Message
 from worker.engine.middleware import Invocation, Middleware, enter_all, exit_all
+
+if TYPE_CHECKING:
+    from worker.telemetry.metrics import Metrics
 
 #: A handler call ready to run, and how one ended: outcome, return value, exception.
 Call = Callable[[], Awaitable[object]]
@@ -79,3 +83,37 @@ class Invoker:
             self.timeouts.inc()
             return policy.HandlerResult.TIMEOUT, None, None
         return policy.HandlerResult.SUCCESS, response, None
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRun:
+    """One handler version's metric children and invoker (two with a canary: baseline and candidate)."""
+
+    path: str
+    version: str
+    processed: Mapping[str, _Counter]
+    invoker: Invoker
+
+    @classmethod
+    def create(
+        cls,
+        metrics: Metrics,
+        queue: str,
+        path: str,
+        version: str,
+        timeout: float,
+        permanent: PermanentTypes,
+        middleware: Sequence[Middleware],
+    ) -> VersionRun:
+        """Label children for (queue, path, version) and an invoker counting into them."""
+        labels = (queue, path, version)
+        invoker = Invoker(
+            Invocation((), queue, path, version),
+            timeout=timeout,
+            permanent=permanent,
+            middleware=middleware,
+            durations=metrics.handler_duration.labels(*labels),
+            timeouts=metrics.handler_timeouts.labels(*labels),
+        )
+        names = ("succeeded", "retried", "dead_lettered")
+        return cls(path, version, {n: metrics.processed.labels(*labels, n) for n in names}, invoker)

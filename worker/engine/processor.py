@@ -11,8 +11,7 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 
@@ -20,54 +19,34 @@ import anyio
 
 from worker.aws.batcher import Batcher
 from worker.aws.names import queue_name
-from worker.deadletter.record import message_first_sent
+from worker.deadletter.record import FAILURE_ATTRIBUTE, message_first_sent, read_failure
 from worker.deadletter.writer import DeadLetterWriter
 from worker.engine import policy
 from worker.engine.batch_runner import run_batch
 from worker.engine.breaker_gate import BreakerGate
+from worker.engine.canary import CanaryRouter, Version
+from worker.engine.disposition import Disposition, Verdict
 from worker.engine.failure import Failure, describe_failure, load_permanent_errors, log_failure
 from worker.engine.group_runner import run_group
 from worker.engine.handbacks import HandBacks
 from worker.engine.handler import LoadedHandler
-from worker.engine.invoker import Call, Invoked, Invoker
+from worker.engine.invoker import Call, Invoked, VersionRun
 from worker.engine.lease import Heartbeats, Lease
 from worker.engine.message import Message
-from worker.engine.middleware import Invocation, Middleware
+from worker.engine.middleware import Middleware
 from worker.engine.outcome import Outcome, OutcomeSink
 from worker.engine.policy import Condition, RetryConfig
 from worker.errors import DecodeError, RetryLater
 from worker.settings import Settings
 from worker.telemetry.metrics import Metrics
+from worker.telemetry.tracing import NO_SPAN, ProcessSpan, Tracing, in_current_context
+from worker.traces import from_hex
 
 log = logging.getLogger("worker.processor")
 
 
 #: Dead-letters that failed to send, remembered so the next delivery skips the handler (bounded).
 PENDING_DEAD_LETTERS_MAX = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """A final decision for one message and the attempts it counts (records carry them)."""
-
-    decision: policy.Ack | policy.RetryAfter | policy.DeadLetter
-    attempts: int
-
-    def not_before(self, seconds: int) -> Verdict:
-        """This verdict, with a retry delayed to ``seconds`` at least."""
-        if isinstance(self.decision, policy.RetryAfter) and self.decision.seconds < seconds:
-            return Verdict(policy.RetryAfter(seconds), self.attempts)
-        return self
-
-
-@dataclass(frozen=True, slots=True)
-class Disposition:
-    """What happened to a message; ``give_back`` is set when it went back to the queue with a delay."""
-
-    finished: bool
-    give_back: int | None = None
-    #: The message is still held: a delete is in flight and will release it (run_one's ``settle``).
-    settle_pending: bool = False
 
 
 def _age(first_sent: datetime | None) -> float | None:
@@ -91,6 +70,7 @@ class Processor:
         sink: OutcomeSink | None,
         middleware: Sequence[Middleware] = (),
         gate: BreakerGate | None = None,
+        canary: CanaryRouter | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
@@ -118,18 +98,28 @@ class Processor:
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
         #: Receives this worker gave back unprocessed, per message id: they are not attempts.
         self.handbacks = HandBacks()
-        labels = (self.queue, handler.path, settings.handler_version)
-        self._processed = {
-            name: metrics.processed.labels(*labels, name)
-            for name in ("succeeded", "retried", "dead_lettered")
+        #: The canary rollout's router (None: no canary): which version each message runs on.
+        self.canary = canary
+        versions = [(handler.path, settings.handler_version)]
+        if canary is not None:
+            versions.append((canary.candidate.handler.path, canary.candidate.version))
+        #: Per handler version: its metric children and its invoker (the baseline's is WORKER_HANDLER's).
+        self._versions = {
+            version: VersionRun.create(
+                self.metrics, self.queue, path, version, settings.timeout_seconds, self.permanent, middleware
+            )
+            for path, version in versions
         }
-        self.invoker = Invoker(
-            Invocation((), self.queue, handler.path, settings.handler_version),
-            timeout=settings.timeout_seconds,
-            permanent=self.permanent,
-            middleware=middleware,
-            durations=metrics.handler_duration.labels(*labels),
-            timeouts=metrics.handler_timeouts.labels(*labels),
+        baseline = self._versions[settings.handler_version]
+        self._processed = baseline.processed
+        self.invoker = baseline.invoker
+        #: WORKER_TRACING: this queue's spans (None: off); after the handler and middleware were imported.
+        self.tracing = Tracing.for_setting(
+            settings.tracing,
+            queue=self.queue,
+            queue_url=settings.queue_url,
+            handler=handler.path,
+            handler_version=settings.handler_version,
         )
         #: Messages held by run_group(); worker_messages_in_flight reads it at each scrape.
         self.held = 0
@@ -176,11 +166,38 @@ class Processor:
         pending = self._pending.pop(message.id, None)
         if pending is not None:
             condition, failure, attempts = pending
-            return await self._dead_letter(message, lease, condition, failure, attempts)
+            with self.span(message) as span:
+                span.decided("dead_letter", {"dead_letter_condition": condition.value})
+                return await self._dead_letter(message, lease, condition, failure, attempts)
         if decode_error is not None:
             failure = Failure(type(decode_error).__name__, str(decode_error), decode_error)
-            return await self._dead_letter(message, lease, Condition.DECODE_ERROR, failure, 0)
+            with self.span(message) as span:
+                span.outcome(Condition.DECODE_ERROR.value, decode_error)
+                span.decided("dead_letter", {"dead_letter_condition": Condition.DECODE_ERROR.value})
+                return await self._dead_letter(message, lease, Condition.DECODE_ERROR, failure, 0)
         return None
+
+    def span(self, message: Message, immediate: int = 0, handed_back: int = 0) -> ProcessSpan:
+        """The span of one call on ``message`` (``with`` it: current until it ends); NO_SPAN when off."""
+        if self.tracing is None:
+            return NO_SPAN
+        receives = message.receive_count
+        attempt = policy.attempts_made(receives, immediate, self.retry, handed_back)
+        record = read_failure(message.sqs_attributes) if FAILURE_ATTRIBUTE in message.sqs_attributes else None
+        if record is None:
+            return self.tracing.process(message, receive_count=receives, attempt=attempt)
+        return self.tracing.process(  # a redriven message: its history, and the span that dead-lettered it
+            message,
+            receive_count=receives,
+            attempt=attempt,
+            original_message_id=record.original_message_id,
+            redrive_count=record.redrive_count,
+            dead_lettered_by=from_hex(record.trace_id, record.span_id),
+        )
+
+    def batch_span(self, messages: Sequence[Message]) -> ProcessSpan:
+        """The span of one batch handler call (``with`` it); NO_SPAN when tracing is off."""
+        return NO_SPAN if self.tracing is None else self.tracing.batch(messages)
 
     def first_sent(self, message: Message) -> datetime | None:
         """Only with an age cap: the message's first send, kept through redrives by the failure record."""
@@ -224,26 +241,32 @@ class Processor:
         verdict: Verdict,
         *,
         settle: Callable[[], None] | None = None,
+        version: str | None = None,
     ) -> Disposition:
-        """Carry out a final decision: delete (success), release with a delay, or dead-letter."""
+        """Carry out a final decision: delete (success), release with a delay, or dead-letter.
+
+        ``version``: the handler version that ran (a canary's), for the metrics and records.
+        """
+        run = self._versions[version or self.settings.handler_version]
         outcome, response, error = invoked
         decision, attempts = verdict.decision, verdict.attempts
         if isinstance(decision, policy.Ack):
             if self.handbacks.count(message.id):
                 self.handbacks.forget(message.id)  # leaving the queue: nothing more to count
-            self._processed["succeeded"].inc()
+            run.processed["succeeded"].inc()
             if settle is not None and lease.held():
-                self.deleter.submit_nowait(
+                on_deleted = partial(self._deleted, message, attempts, response, settle, run)
+                self.deleter.submit_nowait(  # answered in the batcher's task: in this one's trace context
                     {"ReceiptHandle": message.receipt_handle},
-                    partial(self._deleted, message, attempts, response, settle),
+                    on_deleted if self.tracing is None else in_current_context(on_deleted),
                 )
                 return Disposition(finished=True, settle_pending=True)
             deleted = await self._delete(message, lease)
-            self._emit(message, Condition.SUCCESS, attempts, response=response, deleted=deleted)
+            self._emit(message, Condition.SUCCESS, attempts, response=response, deleted=deleted, run=run)
             return Disposition(finished=deleted)
         failure = describe_failure(outcome, error, self.settings.timeout_seconds)
         if isinstance(decision, policy.RetryAfter):
-            self._processed["retried"].inc()
+            run.processed["retried"].inc()
             self.metrics.retries.labels(self.queue, "delayed").inc()
             log_failure(
                 message, self.settings.log_bodies, outcome, error, "retry_after", delay=decision.seconds
@@ -251,14 +274,36 @@ class Processor:
             released = await self._release(message, lease, decision.seconds)
             return Disposition(finished=False, give_back=decision.seconds if released else None)
         log_failure(message, self.settings.log_bodies, outcome, error, "dead_letter")
-        return await self._dead_letter(message, lease, decision.condition, failure, attempts)
+        return await self._dead_letter(message, lease, decision.condition, failure, attempts, run)
 
-    async def invoke(self, messages: tuple[Message, ...], call: Call) -> Invoked:
-        """One handler call (``call()``) through the middleware, under the deadline: how it ended."""
-        return await self.invoker.invoke(messages, call)
+    async def invoke(
+        self,
+        messages: tuple[Message, ...],
+        call: Call,
+        span: ProcessSpan = NO_SPAN,
+        route: Version | None = None,
+    ) -> Invoked:
+        """One handler call through the middleware, under the deadline: how it ended (``span`` is told).
+
+        With ``route`` (a canary), the call is counted for its version: metrics, and the rollout's gates.
+        """
+        if route is None or self.canary is None:
+            invoked = await self.invoker.invoke(messages, call)
+        else:
+            started = time.perf_counter()
+            invoked = await self._versions[route.version].invoker.invoke(messages, call)
+            self.canary.record(route, invoked[0], time.perf_counter() - started)
+        span.outcome(invoked[0].value, invoked[2])
+        return invoked
 
     async def _dead_letter(
-        self, message: Message, lease: Lease, condition: Condition, failure: Failure, attempts: int
+        self,
+        message: Message,
+        lease: Lease,
+        condition: Condition,
+        failure: Failure,
+        attempts: int,
+        run: VersionRun | None = None,
     ) -> Disposition:
         if self.dead_letters is None:
             raise RuntimeError("no dead-letter queue configured")  # start-up refuses this configuration
@@ -272,6 +317,7 @@ class Processor:
             failure.error_message,
             attempts,
             handed_back=self.handbacks.count(message.id),
+            version=None if run is None else (run.path, run.version),
         )
         if not sent:
             self._remember(message.id, condition, failure, attempts)
@@ -281,10 +327,10 @@ class Processor:
             released = await self._release(message, lease, delay)
             return Disposition(finished=False, give_back=delay if released else None)
         self.handbacks.forget(message.id)
-        self._processed["dead_lettered"].inc()
+        (run or self._versions[self.settings.handler_version]).processed["dead_lettered"].inc()
         self.metrics.dead_lettered.labels(self.queue, condition.value).inc()
         deleted = await self._delete(message, lease)
-        self._emit(message, condition, attempts, failure=failure, deleted=deleted)
+        self._emit(message, condition, attempts, failure=failure, deleted=deleted, run=run)
         return Disposition(finished=True)
 
     def _remember(self, message_id: str, condition: Condition, failure: Failure, attempts: int) -> None:
@@ -293,7 +339,13 @@ class Processor:
             self._pending.popitem(last=False)
 
     def _deleted(
-        self, message: Message, attempts: int, response: object, settle: Callable[[], None], error: str | None
+        self,
+        message: Message,
+        attempts: int,
+        response: object,
+        settle: Callable[[], None],
+        run: VersionRun,
+        error: str | None,
     ) -> None:
         """A delete submitted without waiting has answered: report, then stop holding the message."""
         if error is not None:
@@ -301,7 +353,7 @@ class Processor:
                 "delete failed; the message will be delivered again",
                 extra={"event": "delete_failed", "message_id": message.id, "error": error},
             )
-        self._emit(message, Condition.SUCCESS, attempts, response=response, deleted=error is None)
+        self._emit(message, Condition.SUCCESS, attempts, response=response, deleted=error is None, run=run)
         settle()
 
     async def _delete(self, message: Message, lease: Lease) -> bool:
@@ -322,16 +374,22 @@ class Processor:
         self, message: Message, lease: Lease, dependency: str, retry_in: float
     ) -> Disposition:
         """Give back a message a breaker keeps from running (or that failed as it opened): no attempt."""
-        seconds = max(1, math.ceil(retry_in))
-        self.metrics.retries.labels(self.queue, "breaker").inc()
+        fields = {"event": "breaker_hand_back", "dependency": dependency}
+        return await self._free_hand_back(message, lease, "breaker", retry_in, "circuit open", fields)
+
+    async def canary_hand_back(self, message: Message, lease: Lease, version: str) -> Disposition:
+        """Give back a message that failed on the canary version while it is on trial: no attempt."""
+        fields = {"event": "canary_hand_back", "version": version}
+        delay = self.settings.backoff_base_seconds
+        return await self._free_hand_back(message, lease, "canary", delay, "failed on the canary", fields)
+
+    async def _free_hand_back(
+        self, message: Message, lease: Lease, kind: str, delay: float, why: str, fields: Mapping[str, object]
+    ) -> Disposition:
+        seconds = max(1, math.ceil(delay))
+        self.metrics.retries.labels(self.queue, kind).inc()
         log.info(
-            "circuit open: message handed back",
-            extra={
-                "event": "breaker_hand_back",
-                "message_id": message.id,
-                "dependency": dependency,
-                "seconds": seconds,
-            },
+            f"{why}: message handed back", extra={**fields, "message_id": message.id, "seconds": seconds}
         )
         released = await self.hand_back(message, lease, seconds)
         return Disposition(finished=False, give_back=seconds if released else None)
@@ -374,6 +432,7 @@ class Processor:
         response: object = None,
         failure: Failure | None = None,
         deleted: bool = True,
+        run: VersionRun | None = None,
     ) -> None:
         if self.sink is None:
             return  # no destinations: nothing would look at the outcome
@@ -382,8 +441,8 @@ class Processor:
                 message=message,
                 condition=condition,
                 attempts=attempts,
-                handler=self.handler.path,
-                handler_version=self.settings.handler_version,
+                handler=self.handler.path if run is None else run.path,
+                handler_version=self.settings.handler_version if run is None else run.version,
                 timestamp=time.time(),
                 response=response,
                 error_type=failure.error_type if failure else None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 from typing import Any
 
 import anyio
@@ -14,6 +15,10 @@ from worker import Message, PermanentError
 _SEEN: set[str] = set()
 #: How long a "slow" order takes; the demo sets the worker's timeout below it.
 SLOW_SECONDS = 5.0
+#: The version of ``handle_v2`` (``worker demo --canary`` rolls it out as a canary, and back).
+V2_VERSION = "0.2.0"
+#: ``handle_v2`` fails one order in this many (by a hash of the order id: the same orders every time).
+V2_FAILS_ONE_IN = 3
 
 
 class Order(BaseModel):
@@ -42,3 +47,11 @@ async def handle(message: Message) -> dict[str, Any]:
         raise PermanentError(f"unknown sku {order.sku!r}")
     await anyio.sleep(random.uniform(0.002, 0.02))  # the real work
     return {"order_id": order.order_id, "status": "accepted", "quantity": order.quantity}
+
+
+async def handle_v2(message: Message) -> dict[str, Any]:
+    """Version 0.2.0, deliberately bad: ``handle``, but a third of the orders fail with a transient error."""
+    order = message.model(Order)
+    if zlib.crc32(order.order_id.encode()) % V2_FAILS_ONE_IN == 0:
+        raise ConnectionError("pricing service rejected the v2 request")  # transient: retried, not dead
+    return await handle(message)

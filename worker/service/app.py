@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -24,8 +26,10 @@ from worker.engine.payloads import ExtendedPayloads, PayloadOffload
 from worker.engine.pollers import pollers_bound
 from worker.engine.processor import Processor
 from worker.engine.threads import AbandonedThreads
+from worker.service.color_controller import ColorController
 from worker.service.http import HttpServer
 from worker.service.permissions import log_missing_permissions
+from worker.service.rollouts import Rollouts, start_rollouts
 from worker.service.signals import stop_on_signals
 from worker.service.startup import QueueInfo, inspect_queue
 from worker.settings import Settings
@@ -83,15 +87,17 @@ async def run_worker(
     threads = AbandonedThreads(settings.abandoned_threads_limit)
     health.receive_paused = threads.pause_reason
     payloads = ExtendedPayloads(settings.extended_payloads, pool=min(settings.concurrency, 100))
-    handler = payloads.wrap(  # extended-client pointers resolved for the handler only (the DLQ keeps them)
-        load_handler(
-            settings.handler, thread_limiter=anyio.CapacityLimiter(settings.concurrency), abandoned=threads
-        )
-    )
+    limiter = anyio.CapacityLimiter(settings.concurrency)
+
+    def load(path: str, variable: str = "WORKER_HANDLER") -> LoadedHandler:
+        # Extended-client pointers resolved for the handler only (the DLQ keeps them).
+        return payloads.wrap(load_handler(path, thread_limiter=limiter, variable=variable, abandoned=threads))
+
+    handler = load(settings.handler)
     middleware = load_middleware(settings.middleware)
     pool = pollers_bound(settings.concurrency, settings.pollers) + min(settings.concurrency, 100) + 10
     config = client_config(read_timeout=settings.wait_time_seconds + 15, pool=pool)
-    async with create_client("sqs", config) as client:
+    async with AsyncExitStack() as stack, create_client("sqs", config) as client:
         info = await inspect_queue(client, settings)
         health.poll_succeeded()  # SQS just answered: ready without waiting for the first long poll to return
         async with anyio.create_task_group() as services:
@@ -103,6 +109,15 @@ async def run_worker(
             )
             worker.middleware = middleware
             worker.offload = payloads.offload  # dead letters with no room for their record go to S3
+            worker.rollouts = await start_rollouts(  # canary routing, blue/green standby (when configured)
+                services,
+                stack,
+                settings,
+                metrics,
+                handler,
+                partial(load, variable="WORKER_CANARY__HANDLER"),
+                queue_name(settings.queue_url),
+            )
             services.start_soon(check_permissions_when_quiet, settings, info, worker.quiet)
             http_port = await services.start(
                 HttpServer(settings.http_host, settings.http_port, metrics, health).serve
@@ -150,6 +165,8 @@ class Worker:
         #: WORKER_MIDDLEWARE, loaded, and the S3 offload of oversized dead letters (run_worker sets both).
         self.middleware: tuple[Middleware, ...] = ()
         self.offload: PayloadOffload | None = None
+        #: The canary router and the blue/green hold (run_worker sets them when configured).
+        self.rollouts = Rollouts()
         self.stopping = anyio.Event()
         self.forced = anyio.Event()
         #: Set once a receive came back empty (the consumer's ``quiet``): start-up chores may run then.
@@ -179,8 +196,6 @@ class Worker:
             offload=self.offload,
         )
         gate = BreakerGate.for_settings(self.settings.breaker, queue, self.metrics)
-        if gate is not None:  # /readyz stays 200 with a breaker open (the pod is fine), and says which
-            self.health.details = lambda: {"open_breakers": gate.open_details()}
         processor = Processor(
             settings=self.settings,
             handler=handler,
@@ -192,6 +207,7 @@ class Worker:
             sink=sink,
             middleware=self.middleware,
             gate=gate,
+            canary=self.rollouts.router,
         )
         consumer = Consumer(
             settings=self.settings,
@@ -202,6 +218,12 @@ class Worker:
             threads=self.threads,
         )
         consumer.quiet = self.quiet
+        color = self.rollouts.color
+        if color is not None:  # standby: the pollers hold, parked receives are cancelled at the flip
+            color.attach(lambda: consumer.in_flight, consumer.cancel_parked)
+            consumer.holds.append(color)
+        # /readyz stays 200 with a breaker open or on standby (the pod is fine) and says so in its body.
+        self.health.details = partial(_ready_details, gate, color)
         async with anyio.create_task_group() as batchers:
             await batchers.start(deleter.run)
             await batchers.start(visibility.run)
@@ -234,3 +256,14 @@ class Worker:
         if not self.forced.is_set():
             log.warning("shutdown deadline: cancelling in-flight handlers", extra={"event": "drain_deadline"})
         work_scope.cancel()
+
+
+def _ready_details(gate: BreakerGate | None, color: ColorController | None) -> dict[str, object]:
+    """The extra fields of /readyz's body: open breakers, and blue/green standby."""
+    details: dict[str, object] = {}
+    if gate is not None:
+        details["open_breakers"] = gate.open_details()
+    if color is not None:
+        details["color"] = color.color
+        details["standby"] = not color.active
+    return details

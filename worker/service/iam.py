@@ -64,7 +64,32 @@ def required_permissions(settings: Settings, *, queue_arn: str, dlq_url: str) ->
         for uri in getattr(settings, field):
             found.extend(_destination(parse_destination(uri), base, source, env_name(field)))
     found.extend(_payloads(settings, base))
+    found.extend(_rollouts(settings, base))
     return _unique(found)
+
+
+def _rollouts(settings: Settings, base: Arn) -> list[Requirement]:
+    """S3 actions of WORKER_CANARY__STATE (event log, counts) and WORKER_COLOR_STATE (flag, heartbeats)."""
+    out: list[Requirement] = []
+    canary = settings.canary.state_location() if settings.canary.enabled else None
+    places = []
+    if canary is not None:
+        places.append(("WORKER_CANARY__STATE", canary[0], canary[1].strip("/"), "the canary rollout's state"))
+    if settings.color is not None and settings.color_state is not None:
+        bucket, _, key = settings.color_state.removeprefix("s3://").partition("/")
+        places.append(("WORKER_COLOR_STATE", bucket, key.strip("/"), "the blue/green flag and heartbeats"))
+    for variable, bucket, prefix, what in places:
+        objects = (
+            f"arn:{base.partition}:s3:::{bucket}/{prefix}*"
+            if prefix
+            else f"arn:{base.partition}:s3:::{bucket}/*"
+        )
+        out.append(Requirement("s3:GetObject", objects, variable, f"read {what}"))
+        out.append(Requirement("s3:PutObject", objects, variable, f"write {what}"))
+        out.append(
+            Requirement("s3:ListBucket", f"arn:{base.partition}:s3:::{bucket}", variable, f"list {what}")
+        )
+    return out
 
 
 def _payloads(settings: Settings, base: Arn) -> list[Requirement]:

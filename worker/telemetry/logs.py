@@ -1,4 +1,8 @@
-"""Structured logging: one JSON object per line, never message bodies or credentials."""
+"""Structured logging: one JSON object per line, never message bodies or credentials.
+
+Every line logged while a message's span is current (its whole processing: docs/tracing.md) carries that
+span's ``trace_id`` and ``span_id`` (:class:`TraceContextFilter`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,24 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "asctime",
     "taskName",
 }
+
+
+class TraceContextFilter(logging.Filter):
+    """Adds ``trace_id`` (32 hex digits) and ``span_id`` (16) of the current span to each record, if any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from opentelemetry import trace  # when logging is configured, not when this module is imported
+
+        self._current_span = trace.get_current_span
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always keeps the record; annotates it inside a span."""
+        context = self._current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = f"{context.trace_id:032x}"
+            record.span_id = f"{context.span_id:016x}"
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -55,6 +77,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Send the ``worker`` loggers to stderr in the chosen format; quiet the AWS libraries."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(TraceContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -126,5 +126,29 @@ class Metrics:
             ["queue", "dependency", "to"],
             registry=r,
         )
+        self.canary_weight = Gauge(
+            "worker_canary_weight",
+            "Percent of messages routed to the canary handler version (0-100).",
+            ["queue"],
+            registry=r,
+        )
+        self.canary_state = Gauge(
+            "worker_canary_state",
+            "Canary rollout state: 1 for the current one (progressing, promoted, rolled_back).",
+            ["queue", "state"],
+            registry=r,
+        )
+        self.canary_transitions = Counter(
+            "worker_canary_transitions",
+            "Canary rollout state changes, by the state entered.",
+            ["queue", "to"],
+            registry=r,
+        )
+        self.active = Gauge(
+            "worker_active",
+            "Blue/green: 1 while this worker's colour is the active one (it polls), 0 in standby.",
+            ["color"],
+            registry=r,
+        )
         self.build_info = Info("worker_build", "Build information.", registry=r)
         self.build_info.info({"version": __version__})

@@ -5,7 +5,8 @@ removed, displaced ones put back), plus the failure record updated for the trip:
 ``redriven_at`` set, the original message id and first send time kept. The record rides along in
 ``worker.failure`` so that a later dead-letter appends it to its history (``deadletter.failure_record`` does
 not count such a trip twice), and so that a copy the *broker* moves back to the DLQ still carries the raised
-count: the loop guard holds whichever way a message returns.
+count: the loop guard holds whichever way a message returns. The copy keeps the DLQ message's
+``AWSTraceHeader`` (a system attribute), so the redriven delivery stays in the producer's trace.
 """
 
 from __future__ import annotations
