@@ -14,7 +14,6 @@ from worker import DependencyDown
 from worker.engine.breaker import (
     DEFAULT_DEPENDENCY,
     PROBE_RETRY_SECONDS,
-    WINDOW_BUCKETS,
     Admission,
     BreakerConfig,
     Breakers,
@@ -22,6 +21,7 @@ from worker.engine.breaker import (
     State,
     Transition,
 )
+from worker.engine.breaker_window import WINDOW_BUCKETS
 from worker.errors import WorkerError
 
 PROPS = settings(max_examples=200, deadline=None)

@@ -30,7 +30,8 @@ from tests.helpers import (
     send_bodies,
     wait_for,
 )
-from worker.engine.rollout import RolloutState, route
+from worker.engine.rollout_log import RolloutState
+from worker.engine.rollout_plan import route
 from worker.timestamps import parse_iso
 
 pytestmark = [pytest.mark.localstack, pytest.mark.timeout(120)]

@@ -93,3 +93,47 @@ async def test_canary_demo_rolls_the_bad_version_back(
     assert record["observed"] > record["threshold"] == 0.1
     url = (await sqs.get_queue_url(QueueName=f"{prefix}-orders"))["QueueUrl"]
     assert await depth(sqs, url) == 0
+
+
+async def test_shadow_demo_verifies_green_on_the_shadow_subscription(
+    sqs: Any, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`worker demo --quick --shadow`: green sees every message, delivers to no destination, verdict fits."""
+    prefix = unique("demo")
+    summary_path = tmp_path / "summary.json"
+    argv = [sys.executable, "-m", "worker", "demo", "--quick", "--shadow", "--messages", "60"]
+    argv += [
+        "--endpoint",
+        aws_env["AWS_ENDPOINT_URL"],
+        "--prefix",
+        prefix,
+        "--summary-json",
+        str(summary_path),
+    ]
+    result = subprocess.run(  # noqa: ASYNC221 - the test has nothing else to do meanwhile
+        argv, env=aws_env, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "every count matches" in result.stdout  # the live destinations hold the live worker's records only
+    summary = json.loads(summary_path.read_text())
+    shadow = summary["shadow"]
+    assert shadow["seen"] == shadow["published"] == summary["published"] == 60
+    assert shadow["destination_records"] == 0
+    assert summary["confirmations"] == summary["succeeded"]
+    assert summary["s3_records"] == summary["sns_alerts"] == summary["dead_lettered"]
+    url = (await sqs.get_queue_url(QueueName=f"{prefix}-orders-shadow-dlq"))["QueueUrl"]
+    assert await depth(sqs, url) == sum(shadow["dead_lettered"].values()) == shadow["dlq_messages"]
+    url = (await sqs.get_queue_url(QueueName=f"{prefix}-orders-shadow"))["QueueUrl"]
+    assert await depth(sqs, url) == 0
+    assert shadow["green_ratio"] == shadow["green_failed"] / shadow["green_calls"]
+    assert shadow["live_ratio"] == shadow["live_failed"] / shadow["live_calls"]
+    fails = shadow["green_ratio"] - shadow["live_ratio"] > shadow["gate"] == 0.1
+    assert shadow["healthy"] is not fails
+    expected = (
+        "green would fail the 0.1 error-ratio gate: do not switch"
+        if fails
+        else "green looks healthy: worker switch --to green"
+    )
+    assert shadow["verdict"] == expected
+    assert f"verdict: {expected}" in result.stdout
+    assert fails  # handle_v2 fails a third of the orders on every attempt: green must not pass

@@ -432,7 +432,7 @@ def test_rollout_pod_template_validates_against_the_kubernetes_schema(version: s
 def test_rollout_settings_validate_and_agree_with_its_analysis_and_pause() -> None:
     """ConfigMap + the Rollout's env are valid settings; the analysis judges WORKER_CANARY__VERSION on the
     queue of WORKER_QUEUE_URL, and Argo's pause outlasts the worker's whole plan."""
-    from worker.engine.rollout import plan
+    from worker.engine.rollout_plan import plan
 
     (container,) = _rollout()["spec"]["template"]["spec"]["containers"]
     settings = settings_from_env({**_configmap(), **_env(container)})
@@ -451,7 +451,7 @@ def test_rollout_settings_validate_and_agree_with_its_analysis_and_pause() -> No
 def test_flagger_canary_targets_the_deployment_without_traffic_shifting() -> None:
     """kubernetes provider, iterations and no weights; deploy/k8s's Deployment, ScaledObject and port;
     its checks outlast the worker's plan."""
-    from worker.engine.rollout import plan
+    from worker.engine.rollout_plan import plan
 
     spec = _canary()["spec"]
     deployment = _base_deployment()

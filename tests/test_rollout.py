@@ -12,35 +12,32 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.engine.rollout import (
-    CODEDEPLOY_CONFIGS,
+from worker.engine.rollout_gates import (
     HOLD_BAKING,
     HOLD_MIN_SAMPLES,
     HOLD_NOT_STARTED,
     HOLD_TERMINAL,
-    MAX_STEPS,
-    NO_STATS,
     Advance,
-    Event,
     Gates,
     Hold,
     Promote,
     Rollback,
-    Rollout,
-    RolloutState,
-    Step,
-    VersionStats,
-    codedeploy_steps,
     event_for,
-    fold,
     judge,
     manual_rollback,
+)
+from worker.engine.rollout_log import Event, Rollout, RolloutState, fold, start_event
+from worker.engine.rollout_plan import (
+    CODEDEPLOY_CONFIGS,
+    MAX_STEPS,
+    Step,
+    codedeploy_steps,
     parse_steps,
     plan,
     rollout_id,
     route,
-    start_event,
 )
+from worker.engine.rollout_stats import NO_STATS, VersionStats
 
 PROPS = settings(max_examples=100, deadline=None)
 RID = "0123456789abcdef"

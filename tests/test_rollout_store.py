@@ -22,7 +22,9 @@ from tests.conftest import unique
 from tests.helpers import wait_for
 from worker.cli import main
 from worker.engine.color_store import ColorStore, Flag, FlagChangedError, Heartbeat, open_color_store
-from worker.engine.rollout import Event, RolloutState, Step, VersionStats, fold, rollout_id
+from worker.engine.rollout_log import Event, RolloutState, fold
+from worker.engine.rollout_plan import Step, rollout_id
+from worker.engine.rollout_stats import VersionStats
 from worker.engine.rollout_store import (
     ConditionFailedError,
     RolloutLocation,

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from tests.helpers import Run, run_concurrently
 from worker.engine.breaker import BreakerConfig
-from worker.engine.rollout import Gates, Step
+from worker.engine.rollout_gates import Gates
+from worker.engine.rollout_plan import Step
 from worker.errors import ConfigError
 from worker.settings import Settings, derived_wait_seconds, load_settings
 from worker.settings_groups import BreakerSettings, CanarySettings, s3_location

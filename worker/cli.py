@@ -58,10 +58,15 @@ def build_parser(*, operator_tools: bool = True) -> argparse.ArgumentParser:
         action="store_true",
         help="then roll out a deliberately bad handler version as a canary and show it rolled back",
     )
+    demo.add_argument(
+        "--shadow",
+        action="store_true",
+        help="also run a green candidate on a shadow subscription (no destinations) and judge it",
+    )
     if operator_tools:
         from worker.ops.arguments import add_dlq_parser, add_redrive_parser
         from worker.ops.canary import add_canary_parser
-        from worker.ops.switch import add_switch_parser
+        from worker.ops.switch_cli import add_switch_parser
         from worker.ops.topology_cli import add_topology_parser
 
         add_dlq_parser(sub)
@@ -96,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 prefix=args.prefix,
                 summary_json=args.summary_json,
                 canary=args.canary,
+                shadow=args.shadow,
             )
         if args.command == "topology":
             from worker.ops.topology import main as topology_main

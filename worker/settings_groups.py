@@ -9,7 +9,8 @@ from pydantic_settings import NoDecode
 
 from worker.engine.breaker import BreakerConfig
 from worker.engine.payload_pointer import bucket_problem, key_problem
-from worker.engine.rollout import Gates, Step, codedeploy_steps, parse_steps, plan
+from worker.engine.rollout_gates import Gates
+from worker.engine.rollout_plan import Step, codedeploy_steps, parse_steps, plan
 from worker.limits import HANDLER_PATTERN, MAX_CONCURRENCY, SQS_MAX_RETENTION_SECONDS
 
 #: The longest open period of a circuit breaker (12 h, SQS's visibility cap).
@@ -372,7 +373,7 @@ class CanarySettings(BaseModel):
         return plan(self.config, self.steps)
 
     def gates(self) -> Gates:
-        """The pure core's gates (worker.engine.rollout)."""
+        """The pure core's gates (worker.engine.rollout_gates)."""
         return Gates(
             max_error_ratio=self.max_error_ratio,
             max_error_ratio_vs_baseline=self.max_error_ratio_vs_baseline,

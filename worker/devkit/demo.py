@@ -26,6 +26,7 @@ import anyio
 
 from worker.destinations.record import DestinationRecord
 from worker.devkit.demo_canary import CanaryResult, run_canary
+from worker.devkit.demo_shadow import ShadowResult, create_shadow, finish_shadow, print_shadow, start_shadow
 from worker.devkit.demo_summary import Summary, print_summary
 from worker.devkit.demo_topology import Topology, count_messages, count_s3, create_topology
 from worker.devkit.demo_traffic import build_orders, publish
@@ -149,13 +150,19 @@ async def run_demo(
     prefix: str = "demo",
     stream: Any = None,
     canary: bool = False,
-) -> tuple[Summary, CanaryResult | None]:
-    """Create the topology, run the worker, publish traffic, wait for every outcome, check the stack."""
+    shadow: bool = False,
+) -> tuple[Summary, CanaryResult | None, ShadowResult | None]:
+    """Create the topology, run the worker, publish traffic, wait for every outcome, check the stack.
+
+    ``shadow``: a green candidate consumes a shadow subscription of the same topic meanwhile (demo_shadow).
+    """
     out = stream or sys.stdout
     _RECORDS.clear()
     configure_logging("ERROR", "text")  # the progress line and the summary tell the story
     settings_probe = 3 + 2  # max_attempts + 2: the broker's redrive only catches a worker that died
     topo = await create_topology(prefix, settings_probe)
+    shadow_queue = await create_shadow(prefix, settings_probe) if shadow else None
+    shadow_result = None
     port = http_port if _port_free(http_port) else 0
     settings = demo_settings(topo, quick=quick, http_port=port)
     orders = build_orders(messages)
@@ -169,6 +176,7 @@ async def run_demo(
             )
         )
         print(f"worker running: metrics at http://127.0.0.1:{worker.http_port}/metrics", file=out)
+        green = None if shadow_queue is None else await start_shadow(tg, settings, shadow_queue, out)
         print(f"publishing {messages} orders to SNS topic {topo.topic_arn.rsplit(':', 1)[-1]} ...", file=out)
         await publish(topo.topic_arn, orders)
         deadline = 60 + messages * 0.2
@@ -179,6 +187,10 @@ async def run_demo(
         progress.show(metrics, time.monotonic() - started, final=True)
         seconds = time.monotonic() - started
         await _wait_destinations(topo, sum(n for c, n in _RECORDS.items() if c != "Success"))
+        if green is not None:
+            shadow_result = await finish_shadow(
+                green, metrics, published=messages, within=30 + messages * 0.1
+            )
         summary = Summary(
             published=messages,
             seconds=seconds,
@@ -190,21 +202,24 @@ async def run_demo(
             sns_alerts=await count_messages(topo.alerts_inbox_url),
             confirmations=await count_messages(topo.confirmations_url),
             scenarios=dict(collections.Counter(s for s, _ in orders)),
+            shadow_problems=[] if shadow_result is None else shadow_result.problems(),
         )
         print_summary(summary, topo, worker.http_port, out)
+        if shadow_result is not None:
+            print_shadow(shadow_result, out)
         if keep and not canary:
             print("\n--keep: stack and worker left running; Ctrl-C to stop.", file=out)
             await anyio.sleep_forever()
         worker.stop()
     if not canary:
-        return summary, None
+        return summary, None, shadow_result
     count = 60 if quick else 100
     result = await run_canary(settings, topo, _RECORDS, orders=count, hook=HOOK, out=out)
     summary.canary_problems = result.problems()
     if keep:
         print("\n--keep: stack left running; Ctrl-C to stop.", file=out)
         await anyio.sleep_forever()
-    return summary, result
+    return summary, result, shadow_result
 
 
 async def _wait_destinations(topo: Topology, dead_lettered: int) -> None:
@@ -237,6 +252,7 @@ def main(
     summary_json: str | None = None,
     prefix: str | None = None,
     canary: bool = False,
+    shadow: bool = False,
 ) -> int:
     """Entry point of `worker demo`; 0 when every count matches what the stack holds."""
     if messages < 1:
@@ -252,9 +268,14 @@ def main(
             endpoint = stack.start().endpoint
             print(f"LocalStack ready at {endpoint}", flush=True)
         with demo_environment(endpoint):
-            summary, canary_result = anyio.run(
+            summary, canary_result, shadow_result = anyio.run(
                 lambda: run_demo(
-                    messages=messages, quick=quick, keep=keep, prefix=prefix or "demo", canary=canary
+                    messages=messages,
+                    quick=quick,
+                    keep=keep,
+                    prefix=prefix or "demo",
+                    canary=canary,
+                    shadow=shadow,
                 )
             )
     except KeyboardInterrupt:
@@ -267,5 +288,8 @@ def main(
         data = asdict(summary) | {"succeeded": summary.succeeded, "dead_lettered": summary.dead_lettered}
         if canary_result is not None:
             data["canary"] = asdict(canary_result)
+        if shadow_result is not None:
+            ratios = {"green_ratio": shadow_result.green_ratio, "live_ratio": shadow_result.live_ratio}
+            data["shadow"] = asdict(shadow_result) | ratios
         Path(summary_json).write_text(json.dumps(data, indent=2))
     return 0 if not summary.consistent() else 1

@@ -19,7 +19,7 @@ import anyio
 from worker.aws.client import client_config, create_client
 from worker.devkit.demo_topology import Topology
 from worker.devkit.demo_traffic import publish
-from worker.engine.rollout import RolloutState
+from worker.engine.rollout_log import RolloutState
 from worker.examples.orders import V2_VERSION
 from worker.service.app import run_worker
 from worker.settings import Settings

@@ -25,6 +25,8 @@ class Summary:
     scenarios: dict[str, int] = field(default_factory=dict)
     #: ``--canary``: what the canary of the bad version did (``CanaryResult.problems`` joins the check).
     canary_problems: list[str] = field(default_factory=list)
+    #: ``--shadow``: what did not go as designed on the shadow subscription (``ShadowResult.problems``).
+    shadow_problems: list[str] = field(default_factory=list)
 
     @property
     def succeeded(self) -> int:
@@ -48,7 +50,7 @@ class Summary:
             problems.append(f"SNS alerts: {self.sns_alerts}, dead-lettered: {self.dead_lettered}")
         if self.confirmations != self.succeeded:
             problems.append(f"confirmations: {self.confirmations}, succeeded: {self.succeeded}")
-        return problems + self.canary_problems
+        return problems + self.shadow_problems + self.canary_problems
 
 
 def print_summary(summary: Summary, topo: Topology, http_port: int, out: Any) -> None:

@@ -37,16 +37,40 @@ class Topology:
     subscription_dlq_url: str = ""
 
 
-async def create_topology(prefix: str, max_receive_count: int) -> Topology:
-    """Create the topic, queues, bucket and subscriptions (idempotent: reruns reuse them, emptied)."""
-    spec = build_spec(topic=f"{prefix}-orders", queue=f"{prefix}-orders", max_receive_count=max_receive_count)
+@dataclass(frozen=True)
+class Consumer:
+    """One consumer of the orders topic as `worker topology` creates it: queue, DLQ, subscription DLQ."""
+
+    topic_arn: str
+    queue_url: str
+    dlq_url: str
+    subscription_dlq_url: str
+
+
+async def ensure_consumer(prefix: str, queue: str, max_receive_count: int) -> Consumer:
+    """`worker topology`'s topic, ``queue`` subscribed to it, its DLQ and subscription DLQ, all emptied."""
+    spec = build_spec(topic=f"{prefix}-orders", queue=queue, max_receive_count=max_receive_count)
     orders = await ensure_topology(spec)
     if not orders.ok:
         failing = [c.what for c in orders.checks if c.status != Status.OK]
         raise RuntimeError(f"demo topology incomplete: {', '.join(failing)}")
-    topic_arn = orders.arns.topic
-    queue_url, dlq_url = str(orders.seen.queue.url), str(orders.seen.dlq.url)
-    subscription_dlq_url = str(orders.seen.subscription_dlq.url)
+    consumer = Consumer(
+        orders.arns.topic,
+        str(orders.seen.queue.url),
+        str(orders.seen.dlq.url),
+        str(orders.seen.subscription_dlq.url),
+    )
+    async with create_client("sqs", client_config()) as sqs:
+        for url in (consumer.queue_url, consumer.dlq_url, consumer.subscription_dlq_url):
+            await sqs.purge_queue(QueueUrl=url)
+    return consumer
+
+
+async def create_topology(prefix: str, max_receive_count: int) -> Topology:
+    """Create the topic, queues, bucket and subscriptions (idempotent: reruns reuse them, emptied)."""
+    orders = await ensure_consumer(prefix, f"{prefix}-orders", max_receive_count)
+    topic_arn, queue_url, dlq_url = orders.topic_arn, orders.queue_url, orders.dlq_url
+    subscription_dlq_url = orders.subscription_dlq_url
     async with (
         create_client("sqs", client_config()) as sqs,
         create_client("sns", client_config()) as sns,
@@ -61,8 +85,6 @@ async def create_topology(prefix: str, max_receive_count: int) -> Topology:
             arn = (await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"]))["Attributes"]
             return url, arn["QueueArn"]
 
-        for url in (queue_url, dlq_url, subscription_dlq_url):
-            await sqs.purge_queue(QueueUrl=url)
         confirmations_url, _ = await queue(f"{prefix}-orders-confirmed")
         inbox_url, inbox_arn = await queue(f"{prefix}-alerts-inbox")
         alerts_arn = (await sns.create_topic(Name=f"{prefix}-alerts"))["TopicArn"]

@@ -24,15 +24,14 @@ returned once, as a ``Transition``, by the next call that returns a list (``tick
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from worker.engine.breaker_window import Window
+
 #: The dependency of transient failures that name none (any exception but ``DependencyDown``).
 DEFAULT_DEPENDENCY = "handler"
-#: Buckets of a breaker's sliding window: its memory is bounded by this, whatever the message rate.
-WINDOW_BUCKETS = 60
 #: ``Denied.retry_in`` when a half-open breaker's probe permits are all taken: the probes' outcome is not
 #: known yet, so the message is asked back soon (at most ``open_seconds``).
 PROBE_RETRY_SECONDS = 1.0
@@ -110,60 +109,6 @@ class Denied:
     retry_in: float
 
 
-@dataclass(slots=True)
-class _Bucket:
-    index: int
-    calls: int = 0
-    failures: int = 0
-
-
-class _Window:
-    """Settled calls of the last ``window_seconds``, in at most ``WINDOW_BUCKETS`` buckets."""
-
-    __slots__ = ("_buckets", "_width", "calls", "failures")
-
-    def __init__(self, window_seconds: float) -> None:
-        self._width = window_seconds / WINDOW_BUCKETS
-        self._buckets: deque[_Bucket] = deque()
-        self.calls = 0
-        self.failures = 0
-
-    def _index(self, now: float) -> int:
-        return math.floor(now / self._width)
-
-    def prune(self, now: float) -> None:
-        """Drop the buckets that have left the window at ``now``."""
-        oldest = self._index(now) - WINDOW_BUCKETS + 1
-        buckets = self._buckets
-        while buckets and buckets[0].index < oldest:
-            gone = buckets.popleft()
-            self.calls -= gone.calls
-            self.failures -= gone.failures
-
-    def add(self, now: float, *, failed: bool) -> None:
-        """One settled call at ``now`` (pruned first)."""
-        self.prune(now)
-        index = self._index(now)
-        buckets = self._buckets
-        if not buckets or buckets[-1].index < index:
-            buckets.append(_Bucket(index))
-        # A ``now`` older than the newest bucket (clocks passed in out of order) joins the newest bucket.
-        bucket = buckets[-1]
-        bucket.calls += 1
-        self.calls += 1
-        if failed:
-            bucket.failures += 1
-            self.failures += 1
-
-    def clear(self) -> None:
-        """Forget every entry."""
-        self._buckets.clear()
-        self.calls = self.failures = 0
-
-    def __len__(self) -> int:
-        return len(self._buckets)
-
-
 class _Breaker:
     """One dependency's breaker (the registry drives it; see the module docstring)."""
 
@@ -183,7 +128,7 @@ class _Breaker:
     def __init__(self, name: str, config: BreakerConfig) -> None:
         self.name = name
         self.state = State.CLOSED
-        self.window = _Window(config.window_seconds)
+        self.window = Window(config.window_seconds)
         self.opened_until = 0.0
         #: The half-open period's number; a permit carries it (Admission.probe_epochs).
         self.epoch = 0

@@ -15,7 +15,9 @@ from worker.deadletter.record import original_message_id
 from worker.engine.handler import LoadedHandler
 from worker.engine.message import Message
 from worker.engine.policy import HandlerResult
-from worker.engine.rollout import RolloutState, VersionStats, route
+from worker.engine.rollout_log import RolloutState
+from worker.engine.rollout_plan import route
+from worker.engine.rollout_stats import VersionStats
 from worker.telemetry.metrics import DURATION_BUCKETS
 
 

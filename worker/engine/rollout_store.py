@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from worker.aws.client import CALL_ERRORS, client_config, create_client, error_code
-from worker.engine.rollout import Event, Rollout, Step, VersionStats, fold, rollout_id
+from worker.engine.rollout_log import Event, Rollout, fold
+from worker.engine.rollout_plan import Step, rollout_id
+from worker.engine.rollout_stats import VersionStats
 from worker.errors import WorkerError
 from worker.settings_groups import s3_location
 

@@ -21,21 +21,18 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from worker.engine.rollout import (
+from worker.engine.rollout_gates import (
     HOLD_BAKING,
-    NO_STATS,
     Advance,
     Decision,
-    Event,
     Promote,
     Rollback,
-    Rollout,
-    RolloutState,
-    Step,
-    VersionStats,
     judge,
     manual_rollback,
 )
+from worker.engine.rollout_log import Event, Rollout, RolloutState
+from worker.engine.rollout_plan import Step
+from worker.engine.rollout_stats import NO_STATS, VersionStats
 from worker.errors import ConfigError
 from worker.timestamps import iso_utc
 

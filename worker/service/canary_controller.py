@@ -25,19 +25,10 @@ from anyio.abc import TaskStatus
 from worker.destinations.sink import DestinationSink
 from worker.destinations.targets import open_destinations
 from worker.engine.canary import CanaryRouter
-from worker.engine.rollout import (
-    NO_STATS,
-    Event,
-    Gates,
-    Rollback,
-    Rollout,
-    RolloutState,
-    Step,
-    event_for,
-    fold,
-    judge,
-    start_event,
-)
+from worker.engine.rollout_gates import Gates, Rollback, event_for, judge
+from worker.engine.rollout_log import Event, Rollout, RolloutState, fold, start_event
+from worker.engine.rollout_plan import Step
+from worker.engine.rollout_stats import NO_STATS
 from worker.engine.rollout_store import RolloutStore, StoreError
 from worker.telemetry.metrics import Metrics
 
