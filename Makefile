@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # is a Python wrapper, which would hide the process the bench measures), and npm is the virtualenv's.
 export PATH := $(abspath $(VENV)/node-bin):$(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv test lint chaos soak bench audit lock dist unit localstack localstack-venv node-deps bench-deps iam-deps demo docs clean
+.PHONY: help venv test lint chaos soak bench bench-peers audit lock dist unit localstack localstack-venv node-deps bench-deps iam-deps demo docs clean
 
 help:
 	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
@@ -87,8 +87,26 @@ soak: $(STAMP) localstack-venv
 		$(BIN)/python -m pytest -q -p no:randomly tests/test_soak.py; \
 	status=$$?; $(BIN)/python tools/reliability_doc.py || [ $$status -ne 0 ] || status=1; exit $$status
 
-bench: $(STAMP) localstack-venv bench-deps
+bench: $(STAMP) localstack-venv bench-deps bench-peers
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The Python peers of the bench (sqs-workers, dramatiq-sqs, Celery on kombu's SQS transport) in their own
+# virtualenv, never in .venv and never by a test: the exact closure of bench/peers-requirements.in with the
+# sha256 of every file (--require-hashes), from PyPI. Celery's SQS transport needs pycurl: PyPI has manylinux
+# wheels (x86_64, aarch64) that carry their own libcurl, so no compiler or headers are needed; PEERS_PIP_ARGS
+# refuses a source build, and the target says what to install when no wheel fits this platform.
+PEERS_VENV     ?= .venv-peers
+PEERS_PIP_ARGS ?= --only-binary pycurl
+$(PEERS_VENV)/.installed: bench/peers-requirements.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+		$(PEERS_PIP_ARGS) -r bench/peers-requirements.txt || { \
+		echo "make: the bench peers did not install. If pycurl has no wheel for this platform, build it from" >&2; \
+		echo "      source: apt-get install libcurl4-openssl-dev (Debian), then make bench-peers PEERS_PIP_ARGS=" >&2; \
+		exit 1; }
+	@touch $@
+
+bench-peers: $(PEERS_VENV)/.installed
 
 # Release and supply-chain tools: pinned, installed into the virtualenv on demand, constrained by the dev lock so
 # they never move a pinned package.

@@ -1,5 +1,6 @@
-"""The consumers the bench compares: a table of how each is launched and what it needs, and the
-handle of one running as a subprocess (ready check, CPU/RSS samples, /metrics, stop)."""
+"""The consumers the bench compares: a table of how each is launched (in which configuration, with which
+handlers) and what it needs, and the handle of one running as a subprocess (ready check, CPU/RSS samples of
+its whole process tree, /metrics, stop)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ import anyio
 
 from bench.common import BENCH_DIR, FAUXQS_DIR, ROOT, log
 from bench.emulators import free_port, http_get, npm_install
-from bench.process import cpu_seconds, rss_bytes
+from bench.process import tree_cpu_seconds, tree_rss_bytes
+
+#: The handlers of a throughput drain.
+HANDLERS = ("noop", "sleep50")
+#: Where ``make bench-peers`` installs the Python peers (their own virtualenv).
+PEERS_VENV = ROOT / ".venv-peers"
 
 # --------------------------------------------------------------------------------------------------
 # How each consumer is launched
@@ -34,10 +40,21 @@ class Launch:
     handler: str
     pollers: int
     wait: int
+    #: The worker's WORKER_CONCURRENCY in no-op drains (None: its default).
     concurrency: int | None
     worker_command: str
     candidate_src: str | None
     node: str | None
+    #: The total concurrency every consumer gets with the 50 ms handler (None in no-op drains).
+    io_concurrency: int | None = None
+    #: The Python of the peers' virtualenv.
+    peers_python: Path = PEERS_VENV / "bin" / "python"
+
+    @property
+    def batch_pollers(self) -> int:
+        """Pollers of the consumers that handle one batch of 10 per poller (raw, sqs-consumer): P, or the
+        total concurrency over 10 with the 50 ms handler."""
+        return self.pollers if self.io_concurrency is None else max(1, self.io_concurrency // 10)
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,8 @@ class Command:
     cwd: Path = ROOT
     env: dict[str, str] = field(default_factory=dict)
     http_port: int | None = None
+    #: The configuration, as the results name it.
+    config: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +75,12 @@ class ConsumerSpec:
 
     name: str
     command: Callable[[Launch], Command]
+    #: What it is, for the best-configuration comparison: raw, worker, sqs-consumer, sqs-workers, ...
+    family: str = ""
+    #: The drains it runs (a peer's no-op configurations and its 50 ms one are separate entries).
+    handlers: tuple[str, ...] = HANDLERS
+    #: A Python peer: runs in the peers' virtualenv (skipped without it), preloaded with its own encoding.
+    peer: bool = False
     #: Runs on Node (skipped when no node/npm is found).
     needs_node: bool = False
     #: A module that must be importable (the consumer is skipped otherwise).
@@ -67,7 +92,12 @@ class ConsumerSpec:
 
 
 def _raw(launch: Launch) -> Command:
-    return Command((sys.executable, str(BENCH_DIR / "raw_consumer.py")))
+    pollers = launch.batch_pollers
+    return Command(
+        (sys.executable, str(BENCH_DIR / "raw_consumer.py")),
+        env={"BENCH_POLLERS": str(pollers)},
+        config=f"{pollers} pollers, each ReceiveMessage(10) -> handlers -> DeleteMessageBatch",
+    )
 
 
 def _worker_settings(launch: Launch, http_port: int) -> dict[str, str]:
@@ -83,15 +113,38 @@ def _worker_settings(launch: Launch, http_port: int) -> dict[str, str]:
         "WORKER_HTTP_PORT": str(http_port),
         "WORKER_QUEUE_METRICS_INTERVAL_SECONDS": "15",
     }
-    if launch.concurrency is not None:
-        env["WORKER_CONCURRENCY"] = str(launch.concurrency)
+    concurrency = launch.io_concurrency or launch.concurrency
+    if concurrency is not None:
+        env["WORKER_CONCURRENCY"] = str(concurrency)
     return env
 
 
 def _worker(launch: Launch) -> Command:
     port = free_port()
     argv = (sys.executable, *launch.worker_command.split())
-    return Command(argv, env=_worker_settings(launch, port), http_port=port)
+    env = _worker_settings(launch, port)
+    concurrency = env.get("WORKER_CONCURRENCY", "50 (default)")
+    config = f"WORKER_POLLERS={launch.pollers}, WORKER_CONCURRENCY={concurrency}, wait {launch.wait} s"
+    return Command(argv, env=env, http_port=port, config=config)
+
+
+def _worker_defaults(launch: Launch) -> Command:
+    """The worker with only the required settings (and the HTTP port the bench reads, on loopback): pollers
+    that size themselves, its own long-poll wait and queue-depth metrics; WORKER_CONCURRENCY only with the
+    50 ms handler, where every consumer gets the same total concurrency."""
+    port = free_port()
+    argv = (sys.executable, *launch.worker_command.split())
+    env = {
+        "WORKER_QUEUE_URL": launch.queue_url,
+        "WORKER_HANDLER": f"bench.handlers:{launch.handler}",
+        "WORKER_HTTP_HOST": "127.0.0.1",
+        "WORKER_HTTP_PORT": str(port),
+    }
+    config = "defaults (WORKER_QUEUE_URL, WORKER_HANDLER)"
+    if launch.io_concurrency is not None:
+        env["WORKER_CONCURRENCY"] = str(launch.io_concurrency)
+        config += f", WORKER_CONCURRENCY={launch.io_concurrency}"
+    return Command(argv, env=env, http_port=port, config=config)
 
 
 def _worker_candidate(launch: Launch) -> Command:
@@ -114,21 +167,116 @@ def _worker_uvloop(launch: Launch) -> Command:
 def _sqs_consumer(launch: Launch) -> Command:
     if launch.node is None:
         raise RuntimeError("node is not available")
-    return Command((launch.node, str(BENCH_DIR / "sqs_consumer.mjs")))
+    pollers = launch.batch_pollers
+    return Command(
+        (launch.node, str(BENCH_DIR / "sqs_consumer.mjs")),
+        env={"BENCH_POLLERS": str(pollers)},
+        config=f"{pollers} Consumer instances, batchSize 10, handleMessageBatch",
+    )
+
+
+# The Python peers, each in the configurations its docs point to for throughput (bench/peers/*.py say which
+# and why; docs/PERFORMANCE.md links the doc text). No-op drains try a few; the 50 ms drain derives the one
+# configuration that gives the same total concurrency as every other consumer.
+
+
+def _sqs_workers(processes: int | None) -> Callable[[Launch], Command]:
+    def command(launch: Launch) -> Command:
+        n = processes if processes is not None else launch.io_concurrency or 1
+        return Command(
+            (str(launch.peers_python), "-m", "bench.peers.sqs_workers_consumer"),
+            env={"BENCH_PEER_PROCESSES": str(n)},
+            config=f"{n} processes x process_queue(), batch reads of 10, DeleteMessageBatch",
+        )
+
+    return command
+
+
+def _dramatiq(processes: int, threads: int | None) -> Callable[[Launch], Command]:
+    def command(launch: Launch) -> Command:
+        t = threads if threads is not None else max(1, (launch.io_concurrency or processes) // processes)
+        argv = (
+            str(launch.peers_python.parent / "dramatiq"),
+            "bench.peers.dramatiq_consumer",
+            "--processes",
+            str(processes),
+            "--threads",
+            str(t),
+        )
+        # The long-poll wait is dramatiq's worker_timeout, 1 s by default (no CLI option): left as it is, as
+        # every dramatiq user runs it; a longer one would only slow dramatiq's stop (it waits for the poll).
+        return Command(argv, config=f"{processes} processes x {t} threads, prefetch 10, wait 1 s (default)")
+
+    return command
+
+
+def _celery(pool: str, concurrency: int | None) -> Callable[[Launch], Command]:
+    def command(launch: Launch) -> Command:
+        c = concurrency if concurrency is not None else launch.io_concurrency or 1
+        # Celery's optimizing guide: "lots of short tasks" want a large prefetch multiplier ("say 64"); the
+        # default of 4 is its middle ground, kept for the 50 ms handler (20 threads x 4 = 80 reserved). kombu
+        # receives min(10, what the prefetch count still allows) a call.
+        multiplier = 64 if concurrency is not None else 4
+        argv = (
+            str(launch.peers_python.parent / "celery"),
+            "-A",
+            "bench.peers.celery_consumer",
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(c),
+            "--loglevel",
+            "WARNING",
+        )
+        env = {"BENCH_PEER_PREFETCH_MULTIPLIER": str(multiplier)}
+        config = f"--pool {pool} --concurrency {c}, prefetch multiplier {multiplier}"
+        return Command(argv, env=env, config=config)
+
+    return command
 
 
 SPECS: dict[str, ConsumerSpec] = {
     entry.name: entry
     for entry in (
-        ConsumerSpec("raw", _raw),
-        ConsumerSpec("worker", _worker),
-        ConsumerSpec("worker-candidate", _worker_candidate, needs_candidate_src=True),
-        ConsumerSpec("worker-uvloop", _worker_uvloop, needs_module="uvloop"),
-        ConsumerSpec("sqs-consumer", _sqs_consumer, needs_node=True, python=False),
+        ConsumerSpec("raw", _raw, family="raw"),
+        ConsumerSpec("worker-defaults", _worker_defaults, family="worker"),
+        ConsumerSpec("worker", _worker, family="worker"),
+        ConsumerSpec("worker-candidate", _worker_candidate, family="worker", needs_candidate_src=True),
+        ConsumerSpec("worker-uvloop", _worker_uvloop, family="worker", needs_module="uvloop"),
+        ConsumerSpec("sqs-consumer", _sqs_consumer, family="sqs-consumer", needs_node=True, python=False),
+        *(
+            ConsumerSpec(f"sqs-workers-p{n}", _sqs_workers(n), "sqs-workers", ("noop",), peer=True)
+            for n in (1, 2, 4)
+        ),
+        ConsumerSpec("sqs-workers-io", _sqs_workers(None), "sqs-workers", ("sleep50",), peer=True),
+        *(
+            ConsumerSpec(f"dramatiq-p{n}t8", _dramatiq(n, 8), "dramatiq", ("noop",), peer=True)
+            for n in (1, 2)
+        ),
+        ConsumerSpec("dramatiq-io", _dramatiq(2, None), "dramatiq", ("sleep50",), peer=True),
+        ConsumerSpec("celery-prefork-c2", _celery("prefork", 2), "celery", ("noop",), peer=True),
+        ConsumerSpec("celery-threads-c10", _celery("threads", 10), "celery", ("noop",), peer=True),
+        ConsumerSpec("celery-solo", _celery("solo", 1), "celery", ("noop",), peer=True),
+        ConsumerSpec("celery-io", _celery("threads", None), "celery", ("sleep50",), peer=True),
     )
 }
 #: Every consumer name, in the table's order.
 CONSUMERS = tuple(SPECS)
+#: The Python peers' families.
+PEER_FAMILIES = ("sqs-workers", "dramatiq", "celery")
+#: What ``make bench`` runs: the issue's comparison (the worker with its defaults and tuned, the raw loop,
+#: bbc/sqs-consumer and each Python peer in its configurations).
+DEFAULT_CONSUMERS = tuple(name for name in CONSUMERS if name not in ("worker-candidate", "worker-uvloop"))
+
+
+def peer_encoder(name: str) -> str | None:
+    """The module whose ``bodies`` mode encodes a peer's messages (None: the payload is the body)."""
+    family = spec(name).family
+    return {
+        "dramatiq": "bench.peers.dramatiq_consumer",
+        "celery": "bench.peers.celery_consumer",
+    }.get(family)
 
 
 def spec(name: str) -> ConsumerSpec:
@@ -168,7 +316,7 @@ def start(name: str, launch: Launch, env: dict[str, str], stdout: Path, stderr: 
             stderr=err,
             stdin=subprocess.DEVNULL,
         )
-    return ConsumerProcess(name, proc, stdout, stderr, http_port=command.http_port)
+    return ConsumerProcess(name, proc, stdout, stderr, http_port=command.http_port, config=command.config)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -184,6 +332,7 @@ class ConsumerProcess:
     stdout_path: Path
     stderr_path: Path
     http_port: int | None = None
+    config: str = ""
     peak_rss_sampled: int = 0
     _files: list[TextIO] = field(default_factory=list)
 
@@ -219,10 +368,10 @@ class ConsumerProcess:
         raise self.failure(f"not ready within {limit:g} s")
 
     def sample(self) -> float:
-        """CPU seconds so far; keeps the largest RSS seen."""
+        """CPU seconds so far of the whole process tree; keeps the largest RSS (of the tree) seen."""
         with contextlib.suppress(OSError):
-            self.peak_rss_sampled = max(self.peak_rss_sampled, rss_bytes(self.pid))
-        return cpu_seconds(self.pid)
+            self.peak_rss_sampled = max(self.peak_rss_sampled, tree_rss_bytes(self.pid))
+        return tree_cpu_seconds(self.pid)
 
     def metrics(self) -> dict[str, float]:
         """The worker's /metrics as {"name{labels}": value} (empty for the other consumers)."""

@@ -1,5 +1,6 @@
-"""The measurement: throwaway queues, preloading, a consumer's drain sampled every 50 ms (rate, CPU, RSS),
-and the handler start latency at a low steady rate."""
+"""The measurement: throwaway queues, preloading (in each consumer's own message format), a consumer's drain
+sampled every 50 ms from its launch (rate from process start and at steady state, CPU, RSS), and the handler
+start latency at a low steady rate."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 
-from bench.common import log
-from bench.consumers import ConsumerProcess, Launch, spec, start
+from bench.common import ROOT, log
+from bench.consumers import ConsumerProcess, Launch, peer_encoder, spec, start
 from bench.process import cores_busy, cpu_seconds, machine_busy_seconds, peak_rss_bytes
 
 #: Body size of the preloaded messages, as the issue asks.
@@ -111,8 +114,37 @@ class Bench:
 
         return sum((await queue_depth(self.client, url)).values())
 
-    async def preload(self, url: str, count: int, senders: int = 8) -> float:
-        """Send ``count`` 200-byte JSON messages with SendMessageBatch from several senders; msg/s."""
+    async def bodies(self, name: str, payloads: list[str], queue: Queue) -> list[str]:
+        """The SQS bodies consumer ``name`` reads for these payloads: the payloads themselves, or a Python
+        peer's own encoding of them (its ``bodies`` mode, in the peers' virtualenv)."""
+        module = peer_encoder(name)
+        if module is None:
+            return payloads
+        done = await anyio.run_process(
+            [str(self.args.peers_python), "-m", module, "bodies"],
+            input="".join(json.dumps(p) + "\n" for p in payloads).encode(),
+            cwd=ROOT,
+            env={**self.spawn_env(), "BENCH_QUEUE_URL": queue.url},
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{module} bodies failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+        out = [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
+        if len(out) != len(payloads):
+            raise RuntimeError(f"{module} bodies: {len(out)} bodies for {len(payloads)} payloads")
+        return out
+
+    async def send_bodies(self, url: str, bodies: list[str]) -> None:
+        """Send these bodies in one SendMessageBatch call per 10, one after another."""
+        for i in range(0, len(bodies), 10):
+            entries = [{"Id": str(k), "MessageBody": b} for k, b in enumerate(bodies[i : i + 10])]
+            response = await self.client.send_message_batch(QueueUrl=url, Entries=entries)
+            if response.get("Failed"):
+                raise RuntimeError(f"SendMessageBatch failed: {response['Failed'][:1]}")
+
+    async def preload(self, url: str, count: int, senders: int = 8, bodies: list[str] | None = None) -> float:
+        """Send ``count`` messages (200-byte JSON, or ``bodies``) with SendMessageBatch from several senders;
+        msg/s."""
         started = time.perf_counter()
         batches = [range(i, min(i + 10, count)) for i in range(0, count, 10)]
         position = 0
@@ -122,7 +154,10 @@ class Bench:
             while position < len(batches):
                 batch = batches[position]
                 position += 1
-                entries = [{"Id": str(k), "MessageBody": body(i)} for k, i in enumerate(batch)]
+                entries = [
+                    {"Id": str(k), "MessageBody": bodies[i] if bodies is not None else body(i)}
+                    for k, i in enumerate(batch)
+                ]
                 response = await self.client.send_message_batch(QueueUrl=url, Entries=entries)
                 if response.get("Failed"):
                     raise RuntimeError(f"preload: SendMessageBatch failed: {response['Failed'][:1]}")
@@ -134,35 +169,53 @@ class Bench:
 
     # -- consumers --
 
-    def spawn(
-        self, name: str, queue: Queue, handler: str, *, concurrency: int | None = None, extra: dict[str, str]
-    ) -> ConsumerProcess:
-        """Start consumer ``name`` on ``queue`` with ``handler``; BENCH_* settings shared by all three."""
-        pollers = self.args.pollers
+    def spawn_env(self) -> dict[str, str]:
+        """The environment of every consumer: this one without AWS_/WORKER_/BENCH_/PYTHON* variables, plus the
+        sealed AWS environment of the emulator."""
         env = {
             key: value
             for key, value in os.environ.items()
             if not key.startswith(("AWS_", "WORKER_", "BENCH_", "PYTHON"))
         }
         env.update(self.aws_env)
+        return env
+
+    def spawn(
+        self,
+        name: str,
+        queue: Queue,
+        handler: str,
+        *,
+        concurrency: int | None = None,
+        io_concurrency: int | None = None,
+        extra: dict[str, str],
+    ) -> ConsumerProcess:
+        """Start consumer ``name`` on ``queue`` with ``handler``; the BENCH_* settings every consumer shares.
+        ``extra`` may override AWS_ENDPOINT_URL (the counting proxy); the queue URLs follow it."""
+        env = self.spawn_env()
+        url, dlq_url = queue.url, queue.dlq_url
+        if "AWS_ENDPOINT_URL" in extra:
+            url = _rehost(url, extra["AWS_ENDPOINT_URL"])
+            dlq_url = _rehost(dlq_url, extra["AWS_ENDPOINT_URL"])
         env.update(
-            BENCH_QUEUE_URL=queue.url,
-            BENCH_POLLERS=str(pollers),
+            BENCH_QUEUE_URL=url,
             BENCH_WAIT_SECONDS=str(self.args.wait),
             BENCH_VISIBILITY_SECONDS="60",
             BENCH_HANDLER=handler,
             **extra,
         )
         launch = Launch(
-            queue_url=queue.url,
-            dlq_url=queue.dlq_url,
+            queue_url=url,
+            dlq_url=dlq_url,
             handler=handler,
-            pollers=pollers,
+            pollers=self.args.pollers,
             wait=self.args.wait,
             concurrency=concurrency,
             worker_command=self.args.worker_command,
             candidate_src=self.args.candidate_src,
             node=self.node,
+            io_concurrency=io_concurrency,
+            peers_python=Path(self.args.peers_python),
         )
         stem = f"{self.counter:03d}-{name}-{handler}"
         return start(name, launch, env, self.workdir / f"{stem}.out", self.workdir / f"{stem}.err")
@@ -192,17 +245,26 @@ class Bench:
     # -- measurements --
 
     async def drain(self, name: str, handler: str, count: int) -> dict[str, Any]:
-        """Preload ``count`` messages, let consumer ``name`` drain them, measure rate, CPU and RSS."""
+        """Preload ``count`` messages, launch consumer ``name`` and let it drain them: the rate from process
+        start and at steady state, CPU and RSS of its process tree."""
         queue = await self.make_queue(f"{name}-{handler}")
         try:
-            preload_rate = await self.preload(queue.url, count)
-            concurrency = self.args.io_concurrency if handler == "sleep50" else self.args.concurrency
-            consumer = self.spawn(name, queue, handler, concurrency=concurrency, extra={})
+            bodies = await self.bodies(name, [body(i) for i in range(count)], queue)
+            preload_rate = await self.preload(queue.url, count, bodies=bodies)
+            io = handler == "sleep50"
+            launched = time.perf_counter()
+            consumer = self.spawn(
+                name,
+                queue,
+                handler,
+                concurrency=None if io else self.args.concurrency,
+                io_concurrency=self.args.io_concurrency if io else None,
+                extra={},
+            )
             profiler = None
             try:
-                await consumer.wait_ready()
                 profiler = self.profile(consumer, handler)
-                baseline, first, last = await self._watch(consumer, queue.url, count)
+                baseline, first, last, samples = await self._watch(consumer, queue.url, count)
                 peak = peak_rss_bytes(consumer.pid, consumer.peak_rss_sampled)
                 metrics = consumer.metrics()
             finally:
@@ -215,16 +277,25 @@ class Bench:
         seconds = last.at - first.at
         if seconds <= 0:
             raise RuntimeError(f"{name} drained {count} messages before the first sample: raise --messages")
+        steady = steady_rate(samples, count)
         result: dict[str, Any] = {
             "consumer": name,
+            "config": consumer.config,
             "handler": handler,
             "messages": count,
             "measured_messages": first.remaining,
             "seconds": round(seconds, 3),
             "msgs_per_s": round(first.remaining / seconds, 1),
+            # Every message over the time from the consumer's launch to the empty queue (start-up included).
+            "from_start_msgs_per_s": round(count / (last.at - launched), 1),
+            # Between 10 % and 90 % of the messages consumed: no start-up, no ramp, no tail.
+            "steady_msgs_per_s": round(steady, 1) if steady is not None else None,
+            "launch_to_consuming_s": round(first.at - launched, 3),
             # CPU over every message the consumer took after the baseline: a clock tick is 10 ms, so the
             # rate window alone (the tail of a fast drain) can be shorter than one tick.
             "cpu_s_per_1k": round((last.cpu - baseline.cpu) / baseline.remaining * 1000, 4),
+            # The same from the launch: start-up (imports, clients, forks) included.
+            "cpu_s_per_1k_from_start": round(last.cpu / count * 1000, 4),
             "peak_rss_mb": round(peak / 2**20, 1),
             "preload_msgs_per_s": round(preload_rate),
             # Cores busy meanwhile: the emulator process, and the whole machine (every process).
@@ -233,13 +304,16 @@ class Bench:
             **_counts(metrics, consumer.final_line()),
         }
         log(
-            f"{name:>12} {handler:<8} {result['msgs_per_s']:>8.0f} msg/s  "
-            f"{result['cpu_s_per_1k']:.3f} CPU s/1k  {result['peak_rss_mb']:.0f} MB"
+            f"{name:>18} {handler:<8} {result['from_start_msgs_per_s']:>7.0f} msg/s from start, "
+            f"{result['steady_msgs_per_s'] or 0:>7.0f} steady  {result['cpu_s_per_1k']:.3f} CPU s/1k  "
+            f"{result['peak_rss_mb']:.0f} MB"
         )
         return result
 
-    async def _watch(self, consumer: ConsumerProcess, url: str, count: int) -> tuple[Sample, Sample, Sample]:
-        """Sample until the queue is empty: (baseline, first, last).
+    async def _watch(
+        self, consumer: ConsumerProcess, url: str, count: int
+    ) -> tuple[Sample, Sample, Sample, list[Sample]]:
+        """Sample from the launch until the queue is empty: (baseline, first, last, every sample).
 
         ``first`` is the first sample showing consumption and ``last`` the empty queue: the rate window.
         When the whole queue drains between two samples (a fast consumer on a slow-answering emulator),
@@ -249,11 +323,13 @@ class Bench:
         """
         first: Sample | None = None
         untouched: Sample | None = None
+        samples: list[Sample] = []
         deadline = time.monotonic() + self.args.drain_timeout
         while True:
             remaining = await self.depth(url)
             now = time.perf_counter()
             cpu = consumer.sample()
+            samples.append(Sample(now, remaining, cpu, None, None))
             if first is None and remaining >= count:
                 untouched = Sample(now, remaining, cpu, *self.others_cpu())
             if (first is None and remaining < count) or remaining == 0:
@@ -262,7 +338,7 @@ class Bench:
                     first = untouched
                 first = first or sample
                 if remaining == 0:
-                    return untouched or first, first, sample
+                    return untouched or first, first, sample, samples
             if not consumer.alive():
                 raise consumer.failure("exited while draining")
             if time.monotonic() > deadline:
@@ -309,6 +385,29 @@ class Bench:
         }
         log(f"{name:>12} latency  p50 {result['p50_ms']:.1f} ms  p99 {result['p99_ms']:.1f} ms")
         return result
+
+
+def steady_rate(samples: list[Sample], count: int, low: float = 0.1, high: float = 0.9) -> float | None:
+    """Messages/s between the moments ``low`` and ``high`` of the ``count`` messages were consumed, each found
+    by linear interpolation between the two samples around it (None when the drain had too few samples)."""
+
+    def crossing(done: float) -> float | None:
+        for before, after in pairwise(samples):
+            a, b = count - before.remaining, count - after.remaining
+            if a < done <= b:
+                return before.at + (after.at - before.at) * (done - a) / (b - a)
+        return None
+
+    start, end = crossing(low * count), crossing(high * count)
+    if start is None or end is None or end <= start:
+        return None
+    return (high - low) * count / (end - start)
+
+
+def _rehost(url: str, endpoint: str) -> str:
+    """``url`` with the scheme, host and port of ``endpoint`` (a queue URL pointed at the counting proxy)."""
+    parts, target = urlsplit(url), urlsplit(endpoint)
+    return urlunsplit((target.scheme, target.netloc, parts.path, parts.query, parts.fragment))
 
 
 def percentile(sorted_values: list[float], pct: float) -> float:

@@ -1,22 +1,26 @@
-"""The benchmark: the worker against the raw aiobotocore ceiling and bbc/sqs-consumer, in one run.
+"""The benchmark: the worker against the raw aiobotocore ceiling, bbc/sqs-consumer and the Python peers
+(sqs-workers, dramatiq-sqs, Celery's SQS transport), in one run.
 
 ``python -m bench`` (``make bench``): starts an emulator (the embedded LocalStack, or ``--emulator fauxqs``,
 or ``--endpoint URL``), and for each consumer and handler preloads a fresh queue with N 200-byte JSON
-messages, starts the consumer as a subprocess, and measures while it drains the queue:
+payloads (in the consumer's own message format), launches the consumer as a subprocess, and measures while
+it drains the queue, sampling its depth every 50 ms from the launch:
 
-- messages/s: the drop of the queue's depth (visible + in flight) between the first sample that shows
-  consumption and the first that shows an empty queue, sampled every 50 ms;
-- CPU seconds per 1,000 messages of the consumer process over the same interval (psutil, or /proc);
-- peak RSS of the consumer process (VmHWM, or the largest sample);
-then, at a low steady rate (single SendMessage calls), the handler start latency: handler start minus the
-time the producer stamped into the body just before sending (the SendMessage round trip included, the
-same for every consumer). Every ratio compares figures measured in this run on this machine.
+- messages/s from process start (N over launch -> empty queue), at steady state (between 10 % and 90 %
+  consumed), and after the first consumption (the figure of the earlier runs);
+- CPU seconds per 1,000 messages of the consumer's whole process tree (psutil, or /proc);
+- peak RSS of the process tree (VmHWM, or the largest sample);
+then, per consumer and on a fresh queue each: launch -> first message handled and SIGTERM -> exit when idle
+(and what it left in flight), SIGTERM -> exit in the middle of a 50 ms drain, SQS requests per 1,000
+messages and per idle hour (through a counting proxy), and, at a low steady rate (single SendMessage calls),
+the handler start latency. Every ratio compares figures measured in this run on this machine.
 
 ``--quick`` is the smoke mode (N=3000, one repetition); ``--soak`` runs the worker soak instead.
 
 This module parses the options and runs the whole; the parts live beside it: ``emulators`` (the
 emulator and the sealed AWS environment), ``consumers`` (the table of consumers and a running one),
-``measure`` (queues, drains, latency), ``process`` (CPU and RSS from the OS), ``soak``, and ``report``.
+``measure`` (queues, drains, latency), ``lifecycle`` (start, stops, requests), ``countproxy``, ``process``
+(CPU and RSS from the OS), ``soak``, and ``report``; the Python peers in ``peers/``.
 """
 
 from __future__ import annotations
@@ -36,14 +40,14 @@ from typing import Any
 
 import anyio
 
-from bench import consumers, report
-from bench.common import RESULTS_DIR, log
+from bench import consumers, lifecycle, report
+from bench.common import RESULTS_DIR, ROOT, log
 from bench.emulators import emulator, sealed_aws_env
 from bench.measure import Bench
 from bench.process import CPU_FIGURES_FROM
 from bench.soak import soak
 
-HANDLERS = ("noop", "sleep50")
+HANDLERS = consumers.HANDLERS
 
 
 def machine() -> dict[str, Any]:
@@ -74,17 +78,25 @@ def _importable(module: str) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--messages", "-n", type=int, default=20_000, help="N preloaded per no-op drain")
-    p.add_argument("--io-messages", type=int, default=5_000, help="N per drain with the 50 ms handler")
-    p.add_argument("--pollers", "-p", type=int, default=2, help="P: pollers / consumers (default 2)")
-    p.add_argument("--io-concurrency", type=int, default=200, help="worker concurrency, 50 ms handler")
+    p.add_argument("--messages", "-n", type=int, default=5_000, help="N preloaded per no-op drain")
+    p.add_argument("--io-messages", type=int, default=2_000, help="N per drain with the 50 ms handler")
+    p.add_argument(
+        "--pollers", "-p", type=int, default=4, help="P: pollers of raw, WORKER_POLLERS of worker (default 4)"
+    )
+    p.add_argument(
+        "--io-concurrency",
+        type=int,
+        default=20,
+        help="total concurrency of every consumer with the 50 ms handler (default 20)",
+    )
     p.add_argument("--concurrency", type=int, default=None, help="worker concurrency, no-op (default 50)")
-    p.add_argument("--wait", type=int, default=5, help="long-poll wait of every consumer, seconds")
+    p.add_argument("--wait", type=int, default=5, help="long-poll wait of every consumer but worker-defaults")
     p.add_argument("--repeat", type=int, default=3, help="repetitions of each drain (median reported)")
     p.add_argument(
         "--consumers",
-        default="raw,worker,sqs-consumer",
-        help="comma-separated, from " + ",".join(consumers.CONSUMERS) + " (default raw,worker,sqs-consumer)",
+        default=",".join(consumers.DEFAULT_CONSUMERS),
+        help="comma-separated, from " + ",".join(consumers.CONSUMERS) + " (default: all but worker-candidate "
+        "and worker-uvloop)",
     )
     p.add_argument("--handlers", default=",".join(HANDLERS), help="comma-separated subset of noop,sleep50")
     p.add_argument("--emulator", choices=("localstack", "fauxqs"), default="localstack")
@@ -93,6 +105,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency-messages", type=int, default=300, help="messages of the latency run")
     p.add_argument("--latency-rate", type=float, default=20.0, help="messages/s of the latency run")
     p.add_argument("--no-latency", action="store_true", help="skip the latency runs")
+    p.add_argument("--no-lifecycle", action="store_true", help="skip the start and stop runs")
+    p.add_argument("--no-requests", action="store_true", help="skip the request-counting runs")
+    p.add_argument("--request-messages", type=int, default=2000, help="N of each request-counting drain")
+    p.add_argument("--idle-seconds", type=float, default=20.0, help="idle window of the request counts")
+    p.add_argument("--idle-before-stop", type=float, default=3.0, help="seconds idle before the idle SIGTERM")
+    p.add_argument(
+        "--stranded-seconds",
+        type=float,
+        default=10.0,
+        help="how long messages left in flight at a stop are watched until visible again",
+    )
+    p.add_argument(
+        "--peers-python",
+        default=str(consumers.PEERS_VENV / "bin" / "python"),
+        help="python of the peers' virtualenv (make bench-peers)",
+    )
     p.add_argument("--quick", action="store_true", help="smoke mode: N=3000, one repetition, short runs")
     p.add_argument("--soak", action="store_true", help="run the worker soak instead of the comparison")
     p.add_argument("--soak-messages", type=int, default=100_000)
@@ -112,7 +140,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default=None, help="results JSON (default bench/results/<date>.json)")
     p.add_argument("--profile", default=None, metavar="DIR", help="py-spy the Python consumers into DIR")
     p.add_argument("--keep-workdir", action="store_true", help="keep logs of every process")
-    args = p.parse_args(argv)
+    return _checked(p, p.parse_args(argv))
+
+
+def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The options after --quick, with the consumers that cannot run here dropped (and said so)."""
     if args.quick:
         args.messages = min(args.messages, 3000)
         args.io_messages = min(args.io_messages, 1000)
@@ -121,6 +153,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.latency_messages = min(args.latency_messages, 60)
         args.soak_messages = min(args.soak_messages, 10_000)
         args.soak_concurrent = min(args.soak_concurrent, 200)
+        args.request_messages = min(args.request_messages, 300)
+        args.idle_seconds = min(args.idle_seconds, 1.0)
+        args.idle_before_stop = min(args.idle_before_stop, 1.0)
+        args.stranded_seconds = min(args.stranded_seconds, 1.0)
     args.consumers = [c for c in args.consumers.split(",") if c]
     for c in args.consumers:
         if c not in consumers.SPECS:
@@ -133,6 +169,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if spec.needs_module and not _importable(spec.needs_module):
             log(f"{spec.needs_module} is not installed: skipping {spec.name}")
             args.consumers.remove(spec.name)
+    peers = [spec.name for spec in wanted if spec.peer]
+    if peers and not Path(args.peers_python).exists():
+        log(f"no peers' virtualenv at {args.peers_python} (make bench-peers): skipping {', '.join(peers)}")
+        args.consumers = [c for c in args.consumers if c not in peers]
     args.handlers = [h for h in args.handlers.split(",") if h]
     for h in args.handlers:
         if h not in HANDLERS:
@@ -160,18 +200,22 @@ async def run(
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "emulator": description,
         "machine": machine(),
+        "git": git_state(),
         "n": args.messages,
         "io_n": args.io_messages,
         "pollers": args.pollers,
-        "io_worker_concurrency": args.io_concurrency,
+        "io_concurrency": args.io_concurrency,
         "wait_seconds": args.wait,
         "repeat": args.repeat,
         "quick": args.quick,
         "consumers": names,
+        "configs": {},
     }
     if node is not None:
         version = await anyio.run_process([node, "--version"], check=False)
         results["node"] = version.stdout.decode().strip()
+    if any(consumers.spec(c).peer for c in names):
+        results["peer_versions"] = await peer_versions(args.peers_python)
     async with sqs_client() as client:
         bench = Bench(args, sealed_aws_env(endpoint, workdir), workdir, client, node, emulator_pid)
         if args.soak:
@@ -183,17 +227,61 @@ async def run(
         throughput: list[dict[str, Any]] = []
         for handler in args.handlers:
             count = args.messages if handler == "noop" else args.io_messages
-            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in names}
+            running = [c for c in names if handler in consumers.spec(c).handlers]
+            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in running}
             for _ in range(args.repeat):
-                for name in names:  # interleaved, so a noisy neighbour hits every consumer alike
+                for name in running:  # interleaved, so a noisy neighbour hits every consumer alike
                     runs[name].append(await bench.drain(name, handler, count))
-            throughput.extend(report.median_runs(runs[name]) for name in names)
+            throughput.extend(report.median_runs(runs[name]) for name in running)
         results["throughput"] = throughput
+        noop_names = [c for c in names if "noop" in consumers.spec(c).handlers]
+        io_names = [c for c in names if "sleep50" in consumers.spec(c).handlers]
+        if not args.no_lifecycle:
+            starts: dict[str, list[dict[str, Any]]] = {c: [] for c in noop_names}
+            for _ in range(args.repeat):
+                for name in noop_names:
+                    starts[name].append(await lifecycle.start_and_idle_stop(bench, name))
+            results["lifecycle"] = [report.median_lifecycle(starts[name]) for name in noop_names]
+            if "sleep50" in args.handlers:
+                results["busy_stop"] = [await lifecycle.busy_stop(bench, name) for name in io_names]
+        if not args.no_requests:
+            results["requests"] = [
+                await lifecycle.requests(bench, name, endpoint, args.request_messages, args.idle_seconds)
+                for name in noop_names
+            ]
         if not args.no_latency:
-            results["latency"] = [await bench.latency(name) for name in names]
+            results["latency"] = [
+                await bench.latency(name) for name in names if not consumers.spec(name).peer
+            ]
+    for row in results.get("throughput", []):
+        results["configs"].setdefault(f"{row['consumer']} {row['handler']}", row.get("config", ""))
     results["ratios"] = report.ratios(results)
-    results["targets"] = report.targets(results)
+    results["peers"] = report.peer_comparison(results)
+    results["targets"] = report.targets(results) + report.issue20_targets(results)
     return results
+
+
+def git_state() -> dict[str, Any]:
+    """The commit this ran on, whether the tree had changes (untracked files included) and which."""
+    import subprocess
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(changed), "changed": changed}
+
+
+async def peer_versions(python: str) -> dict[str, str]:
+    """The installed versions of the peers and what they run on, from their virtualenv."""
+    code = (
+        "import importlib.metadata as m, json;"
+        "print(json.dumps({p: m.version(p) for p in "
+        "('sqs-workers','dramatiq','dramatiq-sqs','celery','kombu','boto3','botocore','pycurl')}))"
+    )
+    done = await anyio.run_process([python, "-c", code], check=False)
+    return dict(json.loads(done.stdout)) if done.returncode == 0 else {}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             f"P={results['pollers']}, {results['machine']['cores']} cores\n"
         )
         print(report.table(results))
+        if results.get("peers"):
+            print()
+            print(report.peers_table(results))
         print()
         for t in results["targets"]:
             state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]

@@ -16,25 +16,34 @@ from tests.helpers import depth
 pytestmark = [pytest.mark.localstack, pytest.mark.slow, pytest.mark.timeout(300)]
 
 
+def _run_demo(
+    aws_env: dict[str, str], tmp_path: Path, prefix: str, *flags: str
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """`worker demo --quick FLAGS` on this test's LocalStack; asserts exit 0; (result, summary JSON path)."""
+    summary_path = tmp_path / "summary.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "worker",
+        "demo",
+        "--quick",
+        *flags,
+        "--endpoint",
+        aws_env["AWS_ENDPOINT_URL"],
+    ]
+    # Any free port: demos run side by side under xdist (9102 is checked free, then bound seconds later).
+    argv += ["--prefix", prefix, "--summary-json", str(summary_path), "--http-port", "0"]
+    result = subprocess.run(argv, env=aws_env, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, summary_path
+
+
 async def test_quick_demo_summary_matches_the_stack(
     sqs: Any, aws: Any, aws_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The demo exits 0; its summary equals what LocalStack holds; each scenario ends as designed."""
     prefix = unique("demo")
-    summary_path = tmp_path / "summary.json"
-    argv = [sys.executable, "-m", "worker", "demo", "--quick", "--messages", "120"]
-    argv += [
-        "--endpoint",
-        aws_env["AWS_ENDPOINT_URL"],
-        "--prefix",
-        prefix,
-        "--summary-json",
-        str(summary_path),
-    ]
-    result = subprocess.run(  # noqa: ASYNC221 - the test has nothing else to do meanwhile
-        argv, env=aws_env, capture_output=True, text=True, timeout=240, check=False
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result, summary_path = _run_demo(aws_env, tmp_path, prefix, "--messages", "120")
     assert "every count matches" in result.stdout
     summary = json.loads(summary_path.read_text())
     scenarios = summary["scenarios"]
@@ -65,20 +74,7 @@ async def test_canary_demo_rolls_the_bad_version_back(
 ) -> None:
     """`worker demo --quick --canary`: the bad 0.2.0 is rolled back by its gate, record delivered, 0 lost."""
     prefix = unique("demo")
-    summary_path = tmp_path / "summary.json"
-    argv = [sys.executable, "-m", "worker", "demo", "--quick", "--canary", "--messages", "40"]
-    argv += [
-        "--endpoint",
-        aws_env["AWS_ENDPOINT_URL"],
-        "--prefix",
-        prefix,
-        "--summary-json",
-        str(summary_path),
-    ]
-    result = subprocess.run(  # noqa: ASYNC221 - the test has nothing else to do meanwhile
-        argv, env=aws_env, capture_output=True, text=True, timeout=240, check=False
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result, summary_path = _run_demo(aws_env, tmp_path, prefix, "--canary", "--messages", "40")
     assert "the bad version was rolled back, no order lost" in result.stdout
     canary = json.loads(summary_path.read_text())["canary"]
     assert canary["state"] == "rolled_back"
@@ -100,20 +96,7 @@ async def test_shadow_demo_verifies_green_on_the_shadow_subscription(
 ) -> None:
     """`worker demo --quick --shadow`: green sees every message, delivers to no destination, verdict fits."""
     prefix = unique("demo")
-    summary_path = tmp_path / "summary.json"
-    argv = [sys.executable, "-m", "worker", "demo", "--quick", "--shadow", "--messages", "60"]
-    argv += [
-        "--endpoint",
-        aws_env["AWS_ENDPOINT_URL"],
-        "--prefix",
-        prefix,
-        "--summary-json",
-        str(summary_path),
-    ]
-    result = subprocess.run(  # noqa: ASYNC221 - the test has nothing else to do meanwhile
-        argv, env=aws_env, capture_output=True, text=True, timeout=240, check=False
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result, summary_path = _run_demo(aws_env, tmp_path, prefix, "--shadow", "--messages", "60")
     assert "every count matches" in result.stdout  # the live destinations hold the live worker's records only
     summary = json.loads(summary_path.read_text())
     shadow = summary["shadow"]

@@ -54,6 +54,13 @@ def build_parser(*, operator_tools: bool = True) -> argparse.ArgumentParser:
     demo.add_argument("--prefix", default="demo", help="name prefix of the resources it creates")
     demo.add_argument("--summary-json", default=None, metavar="PATH", help="also write the summary as JSON")
     demo.add_argument(
+        "--http-port",
+        type=int,
+        default=9102,
+        metavar="PORT",
+        help="the worker's metrics/health port (default 9102, or any free one when taken; 0: any free one)",
+    )
+    demo.add_argument(
         "--canary",
         action="store_true",
         help="then roll out a deliberately bad handler version as a canary and show it rolled back",
@@ -102,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 summary_json=args.summary_json,
                 canary=args.canary,
                 shadow=args.shadow,
+                http_port=args.http_port,
             )
         if args.command == "topology":
             from worker.ops.topology import main as topology_main

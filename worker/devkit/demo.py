@@ -163,7 +163,7 @@ async def run_demo(
     topo = await create_topology(prefix, settings_probe)
     shadow_queue = await create_shadow(prefix, settings_probe) if shadow else None
     shadow_result = None
-    port = http_port if _port_free(http_port) else 0
+    port = http_port if http_port and _port_free(http_port) else 0
     settings = demo_settings(topo, quick=quick, http_port=port)
     orders = build_orders(messages)
     metrics = Metrics()
@@ -253,6 +253,7 @@ def main(
     prefix: str | None = None,
     canary: bool = False,
     shadow: bool = False,
+    http_port: int = 9102,
 ) -> int:
     """Entry point of `worker demo`; 0 when every count matches what the stack holds."""
     if messages < 1:
@@ -276,6 +277,7 @@ def main(
                     prefix=prefix or "demo",
                     canary=canary,
                     shadow=shadow,
+                    http_port=http_port,
                 )
             )
     except KeyboardInterrupt:
