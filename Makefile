@@ -163,4 +163,4 @@ docs: $(STAMP)
 	$(BIN)/python tools/code_map.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache bench/node_modules scripts/iam-simulator/node_modules
+	rm -rf $(VENV) .venv-peers .mypy_cache .pytest_cache .ruff_cache bench/node_modules scripts/iam-simulator/node_modules
