@@ -75,6 +75,8 @@ class Delivery:
                 ):
                     if error is None:
                         sent.append((dead, target, plan))
+                        if not self._watch:  # at once: the source's worker may dead-letter it again
+                            self.moved_ids.add(dead.original_id)  # before this pass deletes the old copy
                         continue
                     self._budget.unreserve()
                     self._outcomes.leave(batch, dead, Verdict.FAIL, error, target=target)
@@ -100,8 +102,6 @@ class Delivery:
                         target=target,
                     )
                 else:
-                    if not self._watch:
-                        self.moved_ids.add(dead.original_id)
                     self._outcomes.record(dead, Verdict.MOVE, target, "", plan.redrive_count)
             self._budget.settle()
 
