@@ -376,7 +376,11 @@ def test_foreground_prints_exports_and_stops_on_sigint(tmp_path: Path) -> None:
             "export AWS_SECRET_ACCESS_KEY=test",
         ]
         assert "<ListQueuesResponse" in _sqs(endpoint, Action="ListQueues")
-        pid_match = re.search(r"pid (\d+)", stderr_path.read_text())
+        # The pid line goes to stderr (a file), written independently of the stdout lines read above.
+        deadline = time.monotonic() + 10
+        while (pid_match := re.search(r"pid (\d+)", stderr_path.read_text())) is None:
+            assert time.monotonic() < deadline, "no 'pid N' line on stderr within 10 s"
+            time.sleep(0.05)
         assert pid_match
         pid = int(pid_match[1])
 

@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack
 
 import anyio
 import anyio.to_thread
-from anyio.abc import ObjectReceiveStream, TaskStatus
+from anyio.abc import TaskStatus
 
 from worker.aws.client import CALL_ERRORS, error_code
 from worker.backoff import Backoff
@@ -37,6 +37,7 @@ from worker.destinations.targets import (
     retryable,
 )
 from worker.engine.outcome import Outcome, OutcomeSink
+from worker.engine.work_queue import serve
 from worker.settings import Settings
 from worker.telemetry.metrics import Metrics
 from worker.telemetry.tracing import current_span
@@ -141,47 +142,29 @@ class DestinationSink:
 
     async def run(self, *, task_status: TaskStatus[OutcomeSink] = anyio.TASK_STATUS_IGNORED) -> None:
         """Deliver until cancelled; then give what is queued ``shutdown_grace`` seconds, drop the rest."""
-        try:
-            async with anyio.create_task_group() as tg:
-                pool: anyio.CancelScope = await tg.start(self._pool)
-                task_status.started(self)
-                try:
-                    await anyio.sleep_forever()
-                finally:
-                    # No more submissions; the (shielded) pool drains the queue until the grace ends.
-                    self._send.close()
-                    pool.deadline = min(pool.deadline, anyio.current_time() + self.shutdown_grace)
-        finally:
-            self._send.close()
-            self._drop_leftovers()
+        await serve(
+            self._send,
+            self._receive,
+            tasks=self.tasks,
+            handle=self._deliver_queued,
+            grace=self.shutdown_grace,
+            leftover=self._drop_leftovers,
+            started=self,
+            task_status=task_status,
+        )
 
-    def _drop_leftovers(self) -> None:
-        dropped = 0
-        while True:
-            try:
-                outcome, _ = self._receive.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
+    def _drop_leftovers(self, left: list[_Queued]) -> None:
+        for outcome, _ in left:
             self._count_all(self.destinations_for(outcome), "dropped")
-            dropped += 1
-        self._receive.close()
-        if dropped:
+        if left:
             log.warning(
-                f"{dropped} destination outcome(s) dropped at shutdown",
-                extra={"event": "destination_dropped", "dropped": dropped, "error": "shutdown"},
+                f"{len(left)} destination outcome(s) dropped at shutdown",
+                extra={"event": "destination_dropped", "dropped": len(left), "error": "shutdown"},
             )
 
-    async def _pool(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
-        with anyio.CancelScope(shield=True) as scope:
-            task_status.started(scope)
-            async with anyio.create_task_group() as tg:
-                for _ in range(self.tasks):
-                    tg.start_soon(self._deliverer, self._receive.clone())
-
-    async def _deliverer(self, receive: ObjectReceiveStream[_Queued]) -> None:
-        async with receive:
-            async for outcome, trace in receive:
-                await self.deliver(outcome, trace)
+    async def _deliver_queued(self, queued: _Queued) -> None:
+        outcome, trace = queued
+        await self.deliver(outcome, trace)
 
     async def deliver(self, outcome: Outcome, trace: SpanRef | None = None) -> None:
         """Build the record and send it to every destination of its list; never raises (but Cancelled)."""

@@ -17,7 +17,7 @@ from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import ObjectReceiveStream, TaskStatus
+from anyio.abc import TaskStatus
 
 from worker.aws.client import CALL_ERRORS, client_config, create_client, error_code
 from worker.backoff import Backoff
@@ -37,6 +37,7 @@ from worker.engine.payload_pointer import (
     object_key,
     resolved,
 )
+from worker.engine.work_queue import serve
 from worker.errors import DecodeError
 
 if TYPE_CHECKING:
@@ -325,43 +326,24 @@ class PayloadCleanup:
 
     async def run(self, *, task_status: TaskStatus[OutcomeSink | None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Delete until cancelled; then give what is queued ``shutdown_grace`` seconds."""
-        try:
-            async with anyio.create_task_group() as tg:
-                pool: anyio.CancelScope = await tg.start(self._pool)
-                task_status.started(self)
-                try:
-                    await anyio.sleep_forever()
-                finally:
-                    self._send.close()
-                    pool.deadline = min(pool.deadline, anyio.current_time() + self.shutdown_grace)
-        finally:
-            self._send.close()
-            left = 0
-            while True:
-                try:
-                    self._receive.receive_nowait()
-                except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                    break
-                left += 1
-            self._receive.close()
-            if left:
-                self.skipped += left
-                log.warning(
-                    f"{left} payload delete(s) not done at shutdown; the objects stay",
-                    extra={"event": "payload_delete_skipped", "dropped": left},
-                )
+        await serve(
+            self._send,
+            self._receive,
+            tasks=self.tasks,
+            handle=self._delete,
+            grace=self.shutdown_grace,
+            leftover=self._left,
+            started=self,
+            task_status=task_status,
+        )
 
-    async def _pool(self, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
-        with anyio.CancelScope(shield=True) as scope:
-            task_status.started(scope)
-            async with anyio.create_task_group() as tg:
-                for _ in range(self.tasks):
-                    tg.start_soon(self._deleter, self._receive.clone())
-
-    async def _deleter(self, receive: ObjectReceiveStream[PayloadPointer]) -> None:
-        async with receive:
-            async for pointer in receive:
-                await self._delete(pointer)
+    def _left(self, left: list[PayloadPointer]) -> None:
+        if left:
+            self.skipped += len(left)
+            log.warning(
+                f"{len(left)} payload delete(s) not done at shutdown; the objects stay",
+                extra={"event": "payload_delete_skipped", "dropped": len(left)},
+            )
 
     async def _delete(self, pointer: PayloadPointer) -> None:
         code = "Unknown"
