@@ -130,7 +130,7 @@ async def test_unreachable_dlq_keeps_message_and_dead_letters_later_without_reru
     assert await depth(sqs, q["url"]) == 0
 
 
-# LocalStack only: the unstarted messages go back together (for WAIT_TIME_SECONDS + 1 s, out of reach of
+# LocalStack only: the unstarted messages go back together (until the worker's open polls end, out of reach of
 # the stopping worker's own pending polls), and moto (5.2) then releases a group's later message before the
 # earlier one (see test_fifo_order_holds_under_mid_group_failure); SQS keeps the group's order.
 async def test_drain_gives_back_unstarted_fifo_messages_in_order(sqs: Any, queues: QueueFactory) -> None:

@@ -5,7 +5,7 @@ brings is given back; a parked one (idle queue, long wait, 5 s visibility) is ca
 hands it is visible again within 5 s. Each such receive raises SQS's ApproximateReceiveCount without a
 handler run, so the restarted worker can receive a message with a count that says its attempts are used up
 although its handler never ran. It must run it, not dead-letter it. The worker gives messages back for
-longer than its own pending polls can wait (WAIT_TIME_SECONDS + 1), so one stop costs a message one receive,
+until its own pending polls have ended (WAIT_TIME_SECONDS + 1 s at most), so one stop costs a message one receive,
 not one per pending poll.
 """
 

@@ -17,6 +17,7 @@ from worker.engine.pollers import (
     AUTO_POLLERS_MAX,
     BUSY_WAIT,
     PARKED_VISIBILITY,
+    handback_while_draining,
     next_pollers,
     plan_poll,
     pollers_bound,
@@ -196,3 +197,20 @@ async def test_a_parked_receive_extends_what_it_brings_to_the_full_lease(
 def _last_poll(metrics: Metrics, url: str) -> float | None:
     labels = {"queue": queue_name(url)}
     return metrics.registry.get_sample_value("worker_last_poll_success_timestamp_seconds", labels)
+
+
+def test_the_first_receive_is_a_short_poll_with_the_full_lease() -> None:
+    """A starting worker's first receive waits for nothing and asks for the whole lease: what is waiting runs
+    without an extension call, and a stop has nothing open to wait for or cancel."""
+    plan = plan_poll(busy=False, wait=10, visibility=60, first=True)
+    assert (plan.wait, plan.visibility, plan.parked, plan.needs_extension(60)) == (0, 60, False, False)
+    assert plan_poll(busy=True, wait=10, visibility=60, first=True) == plan
+
+
+def test_a_drain_hides_what_it_hands_back_until_its_own_open_receives_have_ended() -> None:
+    """Handed back while draining: hidden 1 s past the end of the worker's receives still open on SQS's side
+    (a cancelled 10 s poll sent 3 s ago: 8 s), 1 s when none is open, never more than the wait + 1."""
+    assert handback_while_draining(open_until=110.0, now=103.0, wait=10) == 8
+    assert handback_while_draining(open_until=100.0, now=103.0, wait=10) == 1
+    assert handback_while_draining(open_until=103.2, now=103.0, wait=10) == 2
+    assert handback_while_draining(open_until=150.0, now=103.0, wait=10) == 11

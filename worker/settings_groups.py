@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_settings import NoDecode
 
 from worker.engine.breaker import BreakerConfig
 from worker.engine.payload_pointer import bucket_problem, key_problem
-from worker.engine.rollout_gates import Gates
 from worker.engine.rollout_plan import Step, codedeploy_steps, parse_steps, plan
 from worker.limits import HANDLER_PATTERN, MAX_CONCURRENCY, SQS_MAX_RETENTION_SECONDS
+
+if TYPE_CHECKING:
+    from worker.engine.rollout_gates import Gates
 
 #: The longest open period of a circuit breaker (12 h, SQS's visibility cap).
 MAX_OPEN_SECONDS = 43_200
@@ -373,7 +375,9 @@ class CanarySettings(BaseModel):
         return plan(self.config, self.steps)
 
     def gates(self) -> Gates:
-        """The pure core's gates (worker.engine.rollout_gates)."""
+        """The pure core's gates (worker.engine.rollout_gates, imported only by a canary rollout)."""
+        from worker.engine.rollout_gates import Gates
+
         return Gates(
             max_error_ratio=self.max_error_ratio,
             max_error_ratio_vs_baseline=self.max_error_ratio_vs_baseline,

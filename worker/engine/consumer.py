@@ -145,7 +145,7 @@ class Consumer:
         async with anyio.create_task_group() as work:
             async with anyio.create_task_group() as pollers:
                 for _ in range(self._target):
-                    self._start_poller(pollers, work)
+                    self._start_poller(pollers, work, first=True)
             self._retire_idle_runners()  # no more groups will come: idle runners end
 
     @property
@@ -153,11 +153,12 @@ class Consumer:
         """Pollers running now."""
         return len(self._running)
 
-    def _start_poller(self, pollers: TaskGroup, work: TaskGroup) -> None:
+    def _start_poller(self, pollers: TaskGroup, work: TaskGroup, *, first: bool = False) -> None:
+        """Start a poller; ``first``: one of the worker's first, which begins with a short poll."""
         index = min(set(range(len(self._running) + 1)) - self._running)
         self._running.add(index)
         self._pollers_gauge.set(len(self._running))
-        pollers.start_soon(self._poll, pollers, work, index)
+        pollers.start_soon(self._poll, pollers, work, index, first)
 
     def _resize(self, pollers: TaskGroup, work: TaskGroup, *, asked: int, got: int) -> bool:
         """After a receive: start a poller or ask this one to end (True) as next_pollers() decides."""
@@ -210,17 +211,19 @@ class Consumer:
             runner = self._idle.pop()
             runner.ready.set()  # item None: the runner returns
 
-    async def _poll(self, pollers: TaskGroup, work: TaskGroup, index: int) -> None:
+    async def _poll(self, pollers: TaskGroup, work: TaskGroup, index: int, first: bool) -> None:
         try:
-            await self._poll_loop(pollers, work, index)
+            await self._poll_loop(pollers, work, index, first)
         finally:
             self._running.discard(index)
             self.health.poll_ended(index)
             self._pollers_gauge.set(len(self._running))
 
-    async def _poll_loop(self, pollers: TaskGroup, work: TaskGroup, index: int) -> None:
+    async def _poll_loop(self, pollers: TaskGroup, work: TaskGroup, index: int, first: bool) -> None:
         failures = 0
-        busy = False  # the first receive is parked: a stop right after start cancels it
+        # A poller added because receives came back full expects messages: busy from its first receive (the
+        # worker's first pollers begin with a short poll instead, see plan_poll). Once one is empty, it parks.
+        busy = True
         while not self.stopping.is_set():
             for hold in self.holds:  # an open breaker (no route), a blue/green standby
                 await hold.wait_until_receiving(self.stopping, self.health.turned)
@@ -232,9 +235,12 @@ class Consumer:
                 busy=busy,
                 wait=self.settings.wait_time_seconds,
                 visibility=self.settings.visibility_timeout_seconds,
+                first=first,
             )
+            first = False
             sent = anyio.current_time()
             self.health.poll_begun(index, sent + plan.wait + POLL_OVERDUE_MARGIN)
+            self.processor.receives_open_until = max(self.processor.receives_open_until, sent + plan.wait)
             response = None
             scope = anyio.CancelScope()
             if plan.parked:

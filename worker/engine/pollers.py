@@ -4,8 +4,11 @@ A receive that waits long while the queue is idle is *parked*: it asks for a sho
 (``PARKED_VISIBILITY``), and what it brings is extended to the full lease before processing. Stopping, the
 worker cancels its parked receives instead of waiting for them: SQS keeps an abandoned long poll open on
 its side and may still hand it messages, which then stay hidden for the visibility the receive asked for;
-a parked receive asked for seconds, not a lease. A receive that follows one that brought messages is
-*busy*: the full visibility and a short wait (it returns at once while messages are there), awaited at stop.
+a parked receive asked for seconds, not a lease. A receive that follows one that brought messages, and a
+poller's first receive (at start, or a poller added because receives came back full), is *busy*: the full
+visibility and a short wait (it returns at once while messages are there), awaited at stop. The very first
+receive of a starting worker is a short poll (no wait): what is already waiting runs at once, without the
+extension call a parked receive's messages need, and a stop right after start has nothing open to wait for.
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ class PollPlan:
         return self.visibility < lease_seconds
 
 
-def plan_poll(*, busy: bool, wait: int, visibility: int) -> PollPlan:
-    """The next receive of a poller whose last receive brought messages (``busy``) or not.
+def plan_poll(*, busy: bool, wait: int, visibility: int, first: bool = False) -> PollPlan:
+    """The next receive of a poller whose last receive brought messages (``busy``) or not; ``first``: the
+    worker's first receive (a short poll with the full visibility).
 
     ``wait`` and ``visibility`` are WORKER_WAIT_TIME_SECONDS and WORKER_VISIBILITY_TIMEOUT_SECONDS.
     """
+    if first:
+        return PollPlan(0, visibility, parked=False)
     if wait <= BUSY_WAIT:  # short polls already: a stop waits for them
         return PollPlan(wait, visibility, parked=False)
     if busy:
@@ -71,3 +77,10 @@ def next_pollers(active: int, *, bound: int, asked: int, got: int, free: int) ->
     else:
         wanted = active
     return max(1, min(bound, wanted))
+
+
+def handback_while_draining(open_until: float, now: float, wait: int) -> int:
+    """Seconds a message handed back unprocessed while draining stays hidden: until 1 s after the worker's own
+    receives still open on SQS's side have ended (``open_until``; a cancelled long poll stays open there until
+    its wait ends), so they cannot take it again; never more than ``wait`` (WAIT_TIME_SECONDS) + 1."""
+    return min(wait, max(0, math.ceil(open_until - now))) + 1

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
+from typing import TYPE_CHECKING
 
 import anyio
 
@@ -24,7 +25,6 @@ from worker.deadletter.writer import DeadLetterWriter
 from worker.engine import policy
 from worker.engine.batch_runner import run_batch
 from worker.engine.breaker_gate import BreakerGate
-from worker.engine.canary import CanaryRouter, Version
 from worker.engine.disposition import Disposition, Verdict
 from worker.engine.failure import Failure, describe_failure, load_permanent_errors, log_failure
 from worker.engine.group_runner import run_group
@@ -36,11 +36,15 @@ from worker.engine.message import Message
 from worker.engine.middleware import Middleware
 from worker.engine.outcome import Outcome, OutcomeSink
 from worker.engine.policy import Condition, RetryConfig
+from worker.engine.pollers import handback_while_draining
 from worker.errors import DecodeError, RetryLater
 from worker.settings import Settings
 from worker.telemetry.metrics import Metrics
 from worker.telemetry.tracing import NO_SPAN, ProcessSpan, Tracing, in_current_context
 from worker.traces import from_hex
+
+if TYPE_CHECKING:
+    from worker.engine.canary import CanaryRouter, Version
 
 log = logging.getLogger("worker.processor")
 
@@ -95,6 +99,9 @@ class Processor:
         self.permanent = load_permanent_errors(settings.permanent_errors)
         #: Set when the worker drains: messages not yet started (later ones of a FIFO group) go back.
         self.draining = False
+        #: When this worker's receives still open on SQS's side end at the latest (anyio clock; the consumer
+        #: sets it before each receive): what goes back while draining stays hidden until then.
+        self.receives_open_until = 0.0
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
         #: Receives this worker gave back unprocessed, per message id: they are not attempts.
         self.handbacks = HandBacks()
@@ -133,9 +140,14 @@ class Processor:
 
     @property
     def handback_seconds(self) -> int:
-        """Visibility of messages handed back unprocessed: 0, or WAIT_TIME_SECONDS + 1 once draining."""
-        # Draining, this worker's own pending long polls (wait_time_seconds at most) must not retake them.
-        return self.settings.wait_time_seconds + 1 if self.draining else 0
+        """Visibility of messages handed back unprocessed: 0, or once draining 1 s past the end of this
+        worker's receives still open on SQS's side (at most WAIT_TIME_SECONDS + 1)."""
+        # Draining, this worker's own pending long polls (cancelled ones stay open on SQS's side until their
+        # wait ends) must not retake them.
+        if not self.draining:
+            return 0
+        now = anyio.current_time()
+        return handback_while_draining(self.receives_open_until, now, self.settings.wait_time_seconds)
 
     async def run(
         self,

@@ -26,19 +26,18 @@ from worker.engine.payloads import ExtendedPayloads, PayloadOffload
 from worker.engine.pollers import pollers_bound
 from worker.engine.processor import Processor
 from worker.engine.threads import AbandonedThreads
-from worker.service.color_controller import ColorController
 from worker.service.http import HttpServer
-from worker.service.permissions import log_missing_permissions
 from worker.service.rollouts import Rollouts, start_rollouts
 from worker.service.signals import stop_on_signals
 from worker.service.startup import QueueInfo, inspect_queue
 from worker.settings import Settings
-from worker.telemetry.emf_writer import EmfExporter
 from worker.telemetry.health import Health
 from worker.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from types_aiobotocore_sqs.client import SQSClient
+
+    from worker.service.color_controller import ColorController
 
 
 log = logging.getLogger("worker.app")
@@ -70,6 +69,8 @@ async def check_permissions_when_quiet(settings: Settings, info: QueueInfo, quie
     """Log the missing IAM permissions once the queue was found empty (or after a minute of backlog)."""
     with anyio.move_on_after(PERMISSION_CHECK_DEFER_SECONDS):
         await quiet.wait()
+    from worker.service.permissions import log_missing_permissions  # not needed before this point
+
     await log_missing_permissions(settings, info.arn, info.dlq_url)
 
 
@@ -124,6 +125,8 @@ async def run_worker(
             )
             worker.http_port = http_port
             if settings.metrics_emf != "off":  # CloudWatch EMF lines, the last flush after the drain
+                from worker.telemetry.emf_writer import EmfExporter
+
                 await services.start(
                     EmfExporter.for_settings(settings, metrics, queue_name(settings.queue_url)).run
                 )

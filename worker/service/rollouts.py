@@ -6,18 +6,18 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
-from anyio.abc import TaskGroup
-
-from worker.engine.canary import CanaryRouter, Version
-from worker.engine.color_store import open_color_store
-from worker.engine.handler import LoadedHandler
-from worker.engine.rollout_store import RolloutLocation, open_rollout_store, replica_name
 from worker.errors import ConfigError
-from worker.service.canary_controller import CanaryController, deliver_rollback
-from worker.service.color_controller import ColorController
-from worker.settings import Settings
 from worker.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskGroup
+
+    from worker.engine.canary import CanaryRouter
+    from worker.engine.handler import LoadedHandler
+    from worker.service.color_controller import ColorController
+    from worker.settings import Settings
 
 
 @dataclass(slots=True)
@@ -50,11 +50,17 @@ async def start_rollouts(
     load_candidate: Callable[[str], LoadedHandler],
     queue: str,
 ) -> Rollouts:
-    """Start what WORKER_CANARY__* and WORKER_COLOR ask for; each reads the shared state once first."""
+    """Start what WORKER_CANARY__* and WORKER_COLOR ask for; each reads the shared state once first.
+
+    Their modules are imported here, and only when configured: a plain ``worker run`` starts without them.
+    """
     rollouts = Rollouts()
-    replica = replica_name()
     canary = settings.canary
     if canary.enabled and canary.handler is not None and canary.version is not None:
+        from worker.engine.canary import CanaryRouter, Version
+        from worker.engine.rollout_store import RolloutLocation, open_rollout_store, replica_name
+        from worker.service.canary_controller import CanaryController, deliver_rollback
+
         candidate = load_candidate(canary.handler)
         if handler.batch or candidate.batch:
             raise ConfigError("WORKER_CANARY__HANDLER: canary rollouts of batch handlers are not supported")
@@ -71,7 +77,7 @@ async def start_rollouts(
             steps=canary.plan(),
             gates=canary.gates(),
             interval=canary.evaluation_interval_seconds,
-            replica=replica,
+            replica=replica_name(),
             queue=queue,
             metrics=metrics,
             deliver=partial(deliver_rollback, settings, metrics),
@@ -79,11 +85,15 @@ async def start_rollouts(
         await services.start(controller.run)
         rollouts.router = router
     if settings.color is not None and settings.color_state is not None:
+        from worker.engine.color_store import open_color_store
+        from worker.engine.rollout_store import replica_name
+        from worker.service.color_controller import ColorController
+
         color_store = await stack.enter_async_context(open_color_store(settings.color_state))
         color = ColorController(
             store=color_store,
             color=settings.color,
-            replica=replica,
+            replica=replica_name(),
             metrics=metrics,
             in_flight=lambda: 0,  # attach() points these at the consumer once it exists
             counts=partial(processed_and_failed, metrics),

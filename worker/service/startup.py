@@ -88,8 +88,16 @@ async def inspect_queue(client: SQSClient, settings: Settings) -> QueueInfo:
     policy = RedrivePolicy.parse(attrs.get("RedrivePolicy"))
     max_receive = policy.max_receive_count if policy else None
     dlq_url = settings.dlq_url
+    found = False  # True once GetQueueUrl answered for the DLQ: it exists, no second read needed
     if dlq_url is None and policy is not None and policy.dead_letter_target_arn:
-        dlq_url = await lookup_queue_url(client, policy.dead_letter_target_arn)
+        try:
+            dlq_url = await lookup_queue_url(client, policy.dead_letter_target_arn)
+        except CALL_ERRORS as exc:
+            raise ConfigError(
+                f"{env_name('dlq_url')} is not set and the RedrivePolicy's dead-letter queue "
+                f"{queue_name(policy.dead_letter_target_arn)} cannot be read ({error_code(exc)})"
+            ) from None
+        found = True
         log.info(
             "using the RedrivePolicy's dead-letter queue",
             extra={"event": "dlq_from_redrive", "dlq": queue_name(dlq_url)},
@@ -111,7 +119,8 @@ async def inspect_queue(client: SQSClient, settings: Settings) -> QueueInfo:
             extra={"event": "redrive_policy_too_low"},
         )
     try:
-        await client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
+        if not found:
+            await client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
     except CALL_ERRORS as exc:
         raise ConfigError(
             f"{env_name('dlq_url')}: cannot read the dead-letter queue ({error_code(exc)})"
