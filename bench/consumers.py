@@ -24,6 +24,8 @@ from bench.process import tree_cpu_seconds, tree_rss_bytes
 
 #: The handlers of a throughput drain.
 HANDLERS = ("noop", "sleep50")
+#: The Consumer instance counts bbc/sqs-consumer's no-op drains run with (``sqs-consumer-N``).
+SQS_CONSUMER_INSTANCES = (1, 2, 4, 8)
 #: Where ``make bench-peers`` installs the Python peers (their own virtualenv).
 PEERS_VENV = ROOT / ".venv-peers"
 
@@ -89,15 +91,35 @@ class ConsumerSpec:
     needs_candidate_src: bool = False
     #: A Python process (py-spy can profile it).
     python: bool = True
+    #: Also runs the start/stop, request-count and latency runs (a variant that differs from another consumer
+    #: only in its throughput configuration leaves them to that one).
+    side_runs: bool = True
 
 
-def _raw(launch: Launch) -> Command:
-    pollers = launch.batch_pollers
-    return Command(
-        (sys.executable, str(BENCH_DIR / "raw_consumer.py")),
-        env={"BENCH_POLLERS": str(pollers)},
-        config=f"{pollers} pollers, each ReceiveMessage(10) -> handlers -> DeleteMessageBatch",
-    )
+def _raw_variant(user_agent_cache: bool, pipelined: bool) -> Callable[[Launch], Command]:
+    """The raw loop with P pollers (C / 10 with the 50 ms handler); with the worker's cached User-Agent;
+    pipelined: each poller receives its next batch while the previous batch's DeleteMessageBatch is in
+    flight."""
+
+    def command(launch: Launch) -> Command:
+        pollers = launch.batch_pollers
+        env = {"BENCH_POLLERS": str(pollers)}
+        config = f"{pollers} pollers, each ReceiveMessage(10) -> handlers -> DeleteMessageBatch"
+        if pipelined:
+            env["BENCH_RAW_PIPELINED"] = "1"
+            config = (
+                f"{pollers} pollers, each ReceiveMessage(10) -> handlers -> DeleteMessageBatch in the "
+                "background, the next ReceiveMessage meanwhile (one delete in flight per poller)"
+            )
+        if user_agent_cache:
+            env["BENCH_RAW_USER_AGENT_CACHE"] = "1"
+            config += ", the worker's cached User-Agent"
+        return Command((sys.executable, str(BENCH_DIR / "raw_consumer.py")), env=env, config=config)
+
+    return command
+
+
+_raw = _raw_variant(user_agent_cache=False, pipelined=False)
 
 
 def _worker_settings(launch: Launch, http_port: int) -> dict[str, str]:
@@ -164,14 +186,36 @@ def _worker_uvloop(launch: Launch) -> Command:
     return Command(argv, env=_worker_settings(launch, port), http_port=port)
 
 
-def _sqs_consumer(launch: Launch) -> Command:
+def _sqs_consumer_instances(instances: int | None) -> Callable[[Launch], Command]:
+    """bbc/sqs-consumer: ``instances`` Consumer instances in one Node process sharing one SQSClient (None:
+    P, or C / 10 with the 50 ms handler), batchSize 10, handleMessageBatch, every attribute requested."""
+
+    def command(launch: Launch) -> Command:
+        if launch.node is None:
+            raise RuntimeError("node is not available")
+        n = instances if instances is not None else launch.batch_pollers
+        return Command(
+            (launch.node, str(BENCH_DIR / "sqs_consumer.mjs")),
+            env={"BENCH_POLLERS": str(n)},
+            config=f"{n} Consumer instances sharing one SQSClient, batchSize 10, handleMessageBatch, "
+            "every attribute",
+        )
+
+    return command
+
+
+_sqs_consumer = _sqs_consumer_instances(None)
+
+
+def _sqs_consumer_default(launch: Launch) -> Command:
+    """bbc/sqs-consumer as most users run it: one Consumer with the library's defaults."""
     if launch.node is None:
         raise RuntimeError("node is not available")
-    pollers = launch.batch_pollers
     return Command(
         (launch.node, str(BENCH_DIR / "sqs_consumer.mjs")),
-        env={"BENCH_POLLERS": str(pollers)},
-        config=f"{pollers} Consumer instances, batchSize 10, handleMessageBatch",
+        env={"BENCH_SQS_CONSUMER_DEFAULTS": "1"},
+        config="1 Consumer instance, its defaults: batchSize 1, handleMessage, wait 20 s, the queue's "
+        "visibility, no attributes",
     )
 
 
@@ -240,11 +284,28 @@ SPECS: dict[str, ConsumerSpec] = {
     entry.name: entry
     for entry in (
         ConsumerSpec("raw", _raw, family="raw"),
+        ConsumerSpec("raw-ua", _raw_variant(True, False), "raw", ("noop",), side_runs=False),
+        ConsumerSpec("raw-pipelined", _raw_variant(True, True), "raw", ("noop",), side_runs=False),
         ConsumerSpec("worker-defaults", _worker_defaults, family="worker"),
         ConsumerSpec("worker", _worker, family="worker"),
         ConsumerSpec("worker-candidate", _worker_candidate, family="worker", needs_candidate_src=True),
         ConsumerSpec("worker-uvloop", _worker_uvloop, family="worker", needs_module="uvloop"),
         ConsumerSpec("sqs-consumer", _sqs_consumer, family="sqs-consumer", needs_node=True, python=False),
+        *(
+            ConsumerSpec(
+                f"sqs-consumer-{n}",
+                _sqs_consumer_instances(n),
+                "sqs-consumer",
+                ("noop",),
+                needs_node=True,
+                python=False,
+                side_runs=False,
+            )
+            for n in SQS_CONSUMER_INSTANCES
+        ),
+        ConsumerSpec(
+            "sqs-consumer-default", _sqs_consumer_default, "sqs-consumer", needs_node=True, python=False
+        ),
         *(
             ConsumerSpec(f"sqs-workers-p{n}", _sqs_workers(n), "sqs-workers", ("noop",), peer=True)
             for n in (1, 2, 4)
@@ -265,8 +326,9 @@ SPECS: dict[str, ConsumerSpec] = {
 CONSUMERS = tuple(SPECS)
 #: The Python peers' families.
 PEER_FAMILIES = ("sqs-workers", "dramatiq", "celery")
-#: What ``make bench`` runs: the issue's comparison (the worker with its defaults and tuned, the raw loop,
-#: bbc/sqs-consumer and each Python peer in its configurations).
+#: What ``make bench`` runs: the issue's comparison (the worker with its defaults and tuned, the raw loop and
+#: its two variants, bbc/sqs-consumer at P, 1, 2, 4 and 8 instances and with its defaults, and each Python
+#: peer in its configurations).
 DEFAULT_CONSUMERS = tuple(name for name in CONSUMERS if name not in ("worker-candidate", "worker-uvloop"))
 
 

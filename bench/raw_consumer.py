@@ -4,6 +4,11 @@ Each of P pollers: ReceiveMessage (10, the same attributes and visibility as the
 the handler on every message at once -> DeleteMessageBatch -> again. No retries, no DLQ, no leases, no
 metrics: the ceiling a consumer can reach. Configured by the environment (``BENCH_*``, ``AWS_*``); prints
 ``ready`` once its client is open and, on SIGTERM, one JSON line with the number of messages it deleted.
+
+Two variants give the loop what the worker has, and more: ``BENCH_RAW_USER_AGENT_CACHE=1`` installs the
+worker's cached User-Agent on the client (``worker.aws.useragent``, as ``worker.aws.client`` does), and
+``BENCH_RAW_PIPELINED=1`` makes each poller receive its next batch while the previous batch's
+DeleteMessageBatch is in flight (at most one delete in flight per poller).
 """
 
 from __future__ import annotations
@@ -75,6 +80,43 @@ async def poller(
         done[0] += len(entries)
 
 
+async def pipelined_poller(
+    client: Any, url: str, wait: int, visibility: int, handler: Handler, done: list[int]
+) -> None:
+    """Receive, handle, start the delete and receive again while it is in flight, until cancelled."""
+
+    async def delete(entries: list[dict[str, Any]]) -> None:
+        await client.delete_message_batch(
+            QueueUrl=url,
+            Entries=[{"Id": str(i), "ReceiptHandle": e["ReceiptHandle"]} for i, e in enumerate(entries)],
+        )
+        done[0] += len(entries)
+
+    deleting: asyncio.Future[None] | None = None
+    try:
+        while True:
+            response = await client.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=wait,
+                VisibilityTimeout=visibility,
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            entries = response.get("Messages", [])
+            if not entries:
+                continue
+            if handler is not None:
+                await asyncio.gather(*(handler(entry) for entry in entries))
+            if deleting is not None:
+                await deleting
+            deleting = asyncio.ensure_future(delete(entries))
+    finally:
+        if deleting is not None and not deleting.done():
+            deleting.cancel()
+            await asyncio.gather(deleting, return_exceptions=True)
+
+
 async def main() -> None:
     """Run P pollers until SIGTERM."""
     url = os.environ["BENCH_QUEUE_URL"]
@@ -82,14 +124,20 @@ async def main() -> None:
     wait = int(os.environ.get("BENCH_WAIT_SECONDS", "5"))
     visibility = int(os.environ.get("BENCH_VISIBILITY_SECONDS", "60"))
     handler = handler_named(os.environ.get("BENCH_HANDLER", "noop"))
+    cache_user_agent = os.environ.get("BENCH_RAW_USER_AGENT_CACHE") == "1"
+    loop = pipelined_poller if os.environ.get("BENCH_RAW_PIPELINED") == "1" else poller
     config = AioConfig(max_pool_connections=max(10, pollers * 2), read_timeout=wait + 15)
     done = [0]
     async with get_session().create_client("sqs", config=config) as client:
+        if cache_user_agent:
+            from worker.aws.useragent import cache_user_agent as install
+
+            if not install(client):
+                raise SystemExit("the worker's User-Agent cache does not fit this botocore")
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         tasks = [
-            asyncio.ensure_future(poller(client, url, wait, visibility, handler, done))
-            for _ in range(pollers)
+            asyncio.ensure_future(loop(client, url, wait, visibility, handler, done)) for _ in range(pollers)
         ]
         print("ready", flush=True)
         await stop.wait()

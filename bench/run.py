@@ -10,17 +10,22 @@ it drains the queue, sampling its depth every 50 ms from the launch:
   consumed), and after the first consumption (the figure of the earlier runs);
 - CPU seconds per 1,000 messages of the consumer's whole process tree (psutil, or /proc);
 - peak RSS of the process tree (VmHWM, or the largest sample);
-then, per consumer and on a fresh queue each: launch -> first message handled and SIGTERM -> exit when idle
-(and what it left in flight), SIGTERM -> exit in the middle of a 50 ms drain, SQS requests per 1,000
-messages and per idle hour (through a counting proxy), and, at a low steady rate (single SendMessage calls),
-the handler start latency. Every ratio compares figures measured in this run on this machine.
+in ``--repeat`` rounds (5), each running the consumers in a random order (``--seed``; the seed and every
+round's order are in the JSON); every figure is the median of its rounds and every ratio the median of the
+per-round ratios, each with its bootstrap 95 % interval (``stats``); then, per consumer and on a fresh queue
+each (one consumer per configuration that differs there: not the raw variants or sqs-consumer-N): launch ->
+first message handled and SIGTERM -> exit when idle (and what it left in flight), SIGTERM -> exit in the
+middle of a 50 ms drain, SQS requests per 1,000 messages and per idle hour (through a counting proxy), and,
+at a low steady rate (single SendMessage calls), the handler start latency. Every ratio compares figures
+measured in this run on this machine.
 
 ``--quick`` is the smoke mode (N=3000, one repetition); ``--soak`` runs the worker soak instead.
 
 This module parses the options and runs the whole; the parts live beside it: ``emulators`` (the
 emulator and the sealed AWS environment), ``consumers`` (the table of consumers and a running one),
 ``measure`` (queues, drains, latency), ``lifecycle`` (start, stops, requests), ``countproxy``, ``process``
-(CPU and RSS from the OS), ``soak``, and ``report``; the Python peers in ``peers/``.
+(CPU and RSS from the OS), ``soak``, ``report`` (ratios, targets, tables) and ``stats`` (medians and their
+intervals); the Python peers in ``peers/``.
 """
 
 from __future__ import annotations
@@ -30,9 +35,11 @@ import contextlib
 import json
 import os
 import platform
+import random
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,8 +48,8 @@ from typing import Any
 import anyio
 
 from bench import consumers, lifecycle, report
-from bench.common import RESULTS_DIR, ROOT, log
-from bench.emulators import emulator, sealed_aws_env
+from bench.common import BENCH_DIR, RESULTS_DIR, ROOT, log
+from bench.emulators import emulator, http_get, sealed_aws_env
 from bench.measure import Bench
 from bench.process import CPU_FIGURES_FROM
 from bench.soak import soak
@@ -91,7 +98,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--concurrency", type=int, default=None, help="worker concurrency, no-op (default 50)")
     p.add_argument("--wait", type=int, default=5, help="long-poll wait of every consumer but worker-defaults")
-    p.add_argument("--repeat", type=int, default=3, help="repetitions of each drain (median reported)")
+    p.add_argument(
+        "--repeat", type=int, default=5, help="rounds of every drain, each in a random order (default 5)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the rounds' random orders (default: from the clock; the JSON records it)",
+    )
     p.add_argument(
         "--consumers",
         default=",".join(consumers.DEFAULT_CONSUMERS),
@@ -157,6 +172,8 @@ def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.N
         args.idle_seconds = min(args.idle_seconds, 1.0)
         args.idle_before_stop = min(args.idle_before_stop, 1.0)
         args.stranded_seconds = min(args.stranded_seconds, 1.0)
+    if args.seed is None:
+        args.seed = time.time_ns() % 2**32
     args.consumers = [c for c in args.consumers.split(",") if c]
     for c in args.consumers:
         if c not in consumers.SPECS:
@@ -196,26 +213,35 @@ async def run(
     os.environ.update(sealed_aws_env(endpoint, workdir))
     node = consumers.node_binary(args)
     names = [c for c in args.consumers if node is not None or not consumers.spec(c).needs_node]
+    emulator_kind, emulator_version = emulator_identity(endpoint, description)
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "emulator": description,
+        "emulator_kind": emulator_kind,
+        "emulator_version": emulator_version,
         "machine": machine(),
         "git": git_state(),
+        "versions": python_versions(),
         "n": args.messages,
         "io_n": args.io_messages,
         "pollers": args.pollers,
         "io_concurrency": args.io_concurrency,
         "wait_seconds": args.wait,
         "repeat": args.repeat,
+        "seed": args.seed,
+        "order": {},
         "quick": args.quick,
         "consumers": names,
         "configs": {},
     }
+    rng = random.Random(args.seed)
     if node is not None:
         version = await anyio.run_process([node, "--version"], check=False)
         results["node"] = version.stdout.decode().strip()
     if any(consumers.spec(c).peer for c in names):
         results["peer_versions"] = await peer_versions(args.peers_python)
+    if any(consumers.spec(c).needs_node for c in names):
+        results.setdefault("peer_versions", {}).update(node_package_versions())
     async with sqs_client() as client:
         bench = Bench(args, sealed_aws_env(endpoint, workdir), workdir, client, node, emulator_pid)
         if args.soak:
@@ -229,17 +255,22 @@ async def run(
             count = args.messages if handler == "noop" else args.io_messages
             running = [c for c in names if handler in consumers.spec(c).handlers]
             runs: dict[str, list[dict[str, Any]]] = {c: [] for c in running}
-            for _ in range(args.repeat):
-                for name in running:  # interleaved, so a noisy neighbour hits every consumer alike
+            results["order"][handler] = rounds = round_orders(running, args.repeat, rng)
+            for order in rounds:  # every round in its own random order: no consumer always runs first
+                for name in order:
                     runs[name].append(await bench.drain(name, handler, count))
             throughput.extend(report.median_runs(runs[name]) for name in running)
         results["throughput"] = throughput
-        noop_names = [c for c in names if "noop" in consumers.spec(c).handlers]
-        io_names = [c for c in names if "sleep50" in consumers.spec(c).handlers]
+        # The start/stop, request and latency runs: one consumer per configuration that differs there (the
+        # raw variants and sqs-consumer's instance counts differ only in throughput).
+        side = [c for c in names if consumers.spec(c).side_runs]
+        noop_names = [c for c in side if "noop" in consumers.spec(c).handlers]
+        io_names = [c for c in side if "sleep50" in consumers.spec(c).handlers]
         if not args.no_lifecycle:
             starts: dict[str, list[dict[str, Any]]] = {c: [] for c in noop_names}
-            for _ in range(args.repeat):
-                for name in noop_names:
+            results["order"]["lifecycle"] = rounds = round_orders(noop_names, args.repeat, rng)
+            for order in rounds:
+                for name in order:
                     starts[name].append(await lifecycle.start_and_idle_stop(bench, name))
             results["lifecycle"] = [report.median_lifecycle(starts[name]) for name in noop_names]
             if "sleep50" in args.handlers:
@@ -250,15 +281,54 @@ async def run(
                 for name in noop_names
             ]
         if not args.no_latency:
-            results["latency"] = [
-                await bench.latency(name) for name in names if not consumers.spec(name).peer
-            ]
+            results["latency"] = [await bench.latency(name) for name in side if not consumers.spec(name).peer]
     for row in results.get("throughput", []):
         results["configs"].setdefault(f"{row['consumer']} {row['handler']}", row.get("config", ""))
+    results["baselines"] = report.baselines(results)
     results["ratios"] = report.ratios(results)
     results["peers"] = report.peer_comparison(results)
     results["targets"] = report.targets(results) + report.issue20_targets(results)
     return results
+
+
+def round_orders(names: list[str], rounds: int, rng: random.Random) -> list[list[str]]:
+    """``rounds`` orders of ``names``, each a fresh random permutation (every name once per round)."""
+    return [rng.sample(names, len(names)) for _ in range(rounds)]
+
+
+def emulator_identity(endpoint: str, description: str) -> tuple[str, str | None]:
+    """(kind, version) of the emulator: "localstack" (its health endpoint names the running version),
+    "fauxqs" (from the description this run gave it), or "unknown"."""
+    status, body = http_get(f"{endpoint.rstrip('/')}/_localstack/health")
+    if status == 200:
+        with contextlib.suppress(ValueError, AttributeError):
+            version = json.loads(body).get("version")
+            return "localstack", str(version) if version else None
+    words = description.split()
+    if words and words[0].lower() in ("localstack", "fauxqs"):
+        return words[0].lower(), words[1] if len(words) > 1 else None
+    return "unknown", None
+
+
+def node_package_versions() -> dict[str, str]:
+    """The installed versions of the Node consumer's packages (bench/node_modules)."""
+    out: dict[str, str] = {}
+    for package in ("sqs-consumer", "@aws-sdk/client-sqs"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            manifest = BENCH_DIR / "node_modules" / package / "package.json"
+            out[package] = str(json.loads(manifest.read_text())["version"])
+    return out
+
+
+def python_versions() -> dict[str, str]:
+    """The versions of what the worker and the raw loop run on (this virtualenv)."""
+    from importlib import metadata
+
+    out: dict[str, str] = {"python": platform.python_version()}
+    for package in ("aiobotocore", "botocore", "anyio", "resilient-sqs-worker"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[package] = metadata.version(package)
+    return out
 
 
 def git_state() -> dict[str, Any]:
@@ -267,10 +337,11 @@ def git_state() -> dict[str, Any]:
 
     def git(*argv: str) -> str:
         done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
+        return done.stdout.rstrip()
 
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
-    return {"sha": git("rev-parse", "HEAD") or None, "dirty": bool(changed), "changed": changed}
+    # Each line is "XY path": the status columns may start with a space, so the lines are not stripped.
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
+    return {"sha": git("rev-parse", "HEAD").strip() or None, "dirty": bool(changed), "changed": changed}
 
 
 async def peer_versions(python: str) -> dict[str, str]:
@@ -311,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report.peers_table(results))
         print()
         for t in results["targets"]:
-            state = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-            print(f"  {state:>12}  {t['target']}  ({t['value']})")
+            print(report.target_line(t))
     if "soak" in results:
         print(report.soak_summary(results["soak"]))
     print(f"\nresults: {output}")

@@ -13,10 +13,13 @@ import anyio
 import anyio.abc
 import pytest
 
-from bench import report
+from bench import consumers as bench_consumers
+from bench import report, stats
 from bench.common import BENCH_DIR
+from bench.consumers import Launch
 from bench.countproxy import CountingProxy, sqs_action
 from bench.measure import Sample, body, percentile, steady_rate
+from bench.run import parse_args, round_orders
 from tests.test_deploy_support import npm_installed, require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +80,11 @@ def test_quick_bench_drains_every_queue_and_reports_each_figure(
     assert results["node"].startswith("v"), results["node"]
     assert results["quick"] is True
     assert results["repeat"] == 1
+    assert isinstance(results["seed"], int)
+    assert [sorted(order) for order in results["order"]["noop"]] == [sorted(consumers)]
+    assert results["emulator_kind"] == "localstack", results["emulator"]
+    assert results["emulator_version"], results["emulator"]
+    assert set(results["peer_versions"]) == {"sqs-consumer", "@aws-sdk/client-sqs"}
     rows = {(r["consumer"], r["handler"]): r for r in results["throughput"]}
     assert set(rows) == {(c, h) for c in consumers for h in ("noop", "sleep50")}
     for (consumer, handler), row in rows.items():
@@ -141,20 +149,45 @@ def test_ratios_pair_each_repetition_with_the_raw_run_beside_it() -> None:
 
 
 def test_targets_say_met_missed_or_not_measured() -> None:
-    """Throughput targets are floors, the CPU target a ceiling, and a ratio never measured is None."""
+    """Throughput targets are floors, the CPU targets ceilings, and a ratio never measured is None."""
     results = {
-        "emulator": "localstack 4.13.1",
+        "emulator": "LocalStack 4.13.1 (host mode)",
+        "emulator_kind": "localstack",
         "consumers": ["raw", "worker"],
-        "ratios": {"worker_vs_raw_throughput_noop": 0.94, "worker_vs_raw_cpu_noop": 1.2},
+        "io_concurrency": 20,
+        "baselines": {
+            "raw_variants": ["raw"],
+            "sqs_consumer_best_noop": None,
+            "sqs_consumer_lowest_cpu_noop": None,
+            "sqs_consumer_best_sleep50": None,
+            "sqs_consumer_default_sleep50": None,
+        },
+        "ratios": {
+            "worker_vs_best_raw_steady_noop": 0.94,
+            "worker_vs_best_raw_steady_noop_ci95": [0.9, 0.97],
+            "worker_vs_raw_cpu_noop": 1.0,
+            "worker_vs_raw_cpu_noop_ci95": None,
+        },
     }
-    met = {t["target"]: t["met"] for t in report.targets(results)}
+    met = {t["target"].split(" (", 1)[0]: t["met"] for t in report.targets(results)}
     assert met == {
-        "worker: no-op throughput >= 0.95 x raw": False,
-        "worker: CPU per 1k messages <= 1.2 x raw": True,
-        "worker: 50 ms handler, same total concurrency: >= 1.5 x sqs-consumer": None,
+        "worker: T1: no-op at steady state >= 0.95 x the best raw variant of each round": False,
+        "worker: T1: no-op from process start >= 0.95 x the best raw variant of each round": None,
+        "worker: T2: CPU per 1k messages <= 1.0 x raw's": True,
+        "worker: T2: CPU per 1k messages <= 1.0 x the best raw variant's of each round": None,
+        "worker: T2: CPU per 1k messages <= 0.8 x sqs-consumer's lowest-CPU configuration": None,
+        "worker: T3: no-op at steady state >= 1.15 x sqs-consumer's best instance count": None,
+        "worker: T3: 50 ms handler at steady state, same total concurrency": None,
+        "worker: T3: 50 ms handler at steady state >= 4 x sqs-consumer-default's": None,
     }
-    results["emulator"] = "fauxqs 2.4.1"
-    assert "worker: no-op: >= 1.5 x sqs-consumer" in {t["target"] for t in report.targets(results)}
+    first = report.targets(results)[0]
+    assert (first["value"], first["ci95"], first["threshold"]) == (0.94, [0.9, 0.97], 0.95)
+    results["emulator_kind"] = "fauxqs"
+    assert any(
+        t["target"].startswith("worker: T3: no-op at steady state >= 1.5 x")
+        and t["target"].endswith("fauxqs")
+        for t in report.targets(results)
+    )
 
 
 def test_median_run_keeps_every_repetition() -> None:
@@ -288,3 +321,145 @@ def test_issue20_targets_compare_the_defaults_with_the_raw_loop_and_the_best_pee
     # Ten messages left in flight and still not visible when the bench stopped watching: stranded.
     assert rows["idle SIGTERM strands no message (any left in flight visible again soon)"] == (10.0, False)
     assert rows["no-op at steady state >= 2 x the best Python peer (sqs-workers-p2)"] == (1.6, False)
+
+
+def test_bootstrap_interval_contains_the_median_and_is_reproducible() -> None:
+    """The percentile-bootstrap interval brackets the median, is the same for the same seed, and is null for
+    one value (one repetition says nothing about the spread)."""
+    samples = [
+        [1.0, 2.0],
+        [0.93, 0.97, 1.01, 0.88, 1.2],
+        [5.0, 1.0, 3.0, 100.0, 2.0, 4.0],
+        [0.5, 0.5, 0.6, 0.9, 0.4, 0.55, 0.52],
+    ]
+    for values in samples:
+        interval = stats.bootstrap_ci(values)
+        assert interval is not None
+        low, high = interval
+        assert min(values) <= low <= stats.median(values) <= high <= max(values), (values, interval)
+        assert low < high, values
+        assert stats.bootstrap_ci(values) == interval  # the default seed: reproducible
+        assert stats.bootstrap_ci(values, seed=7) == stats.bootstrap_ci(values, seed=7)
+    values = samples[2]
+    seeds = {stats.bootstrap_ci(values, seed=seed, resamples=50) for seed in range(20)}
+    assert len(seeds) > 1  # the seed is what makes it reproducible: another seed resamples differently
+    assert stats.bootstrap_ci([0.97] * 5) == (0.97, 0.97)  # a constant list: zero width
+    assert stats.bootstrap_ci([0.97]) is None
+    assert stats.summary([0.97123]) == (0.971, None)
+    assert stats.summary([3.0, 1.0, 2.0]) == (2.0, [1.0, 3.0])
+    with pytest.raises(ValueError, match="no values"):
+        stats.median([])
+
+
+def test_median_runs_put_an_interval_beside_each_figure() -> None:
+    """Each repeated figure is the median of its rounds, ``<figure>_ci95`` beside it; null for one round."""
+    row = _drain("raw", "noop", [1000, 900, 1100, 950, 1050], [0.3, 0.2, 0.4, 0.25, 0.35])
+    assert row["steady_msgs_per_s"] == 1200.0
+    low, high = row["steady_msgs_per_s_ci95"]
+    assert low <= 1200.0 <= high
+    assert low < high
+    assert row["cpu_s_per_1k"] == 0.3
+    assert row["cpu_s_per_1k_ci95"][0] <= 0.3 <= row["cpu_s_per_1k_ci95"][1]
+    assert row["peak_rss_mb_ci95"] == [50.0, 50.0]
+    single = _drain("raw", "noop", [1000], [0.3])
+    assert single["steady_msgs_per_s"] == 1200.0
+    assert single["steady_msgs_per_s_ci95"] is None
+
+
+def test_round_orders_run_every_consumer_once_per_round_in_a_seeded_order() -> None:
+    """Each round is a permutation of the consumers; the seed reproduces the orders, and they vary."""
+    import random
+
+    names = ["raw", "raw-ua", "raw-pipelined", "worker", "sqs-consumer-1", "sqs-consumer-default"]
+    orders = round_orders(names, 5, random.Random(42))
+    assert len(orders) == 5
+    assert all(sorted(order) == sorted(names) for order in orders)
+    assert orders == round_orders(names, 5, random.Random(42))
+    assert len({tuple(order) for order in orders}) > 1
+    assert parse_args(["--seed", "9"]).seed == 9
+    assert parse_args([]).repeat == 5
+    assert isinstance(parse_args([]).seed, int)
+
+
+def _t_results(emulator_kind: str) -> dict[str, Any]:
+    """Three rounds of the T1-T3 consumers; the worker's figures are 0.96 x raw-pipelined's."""
+    rows = [
+        _drain("raw", "noop", [900, 1000, 1000], [0.40, 0.40, 0.30]),
+        _drain("raw-ua", "noop", [1000, 900, 1000], [0.30, 0.40, 0.40]),
+        _drain("raw-pipelined", "noop", [800, 1100, 1050], [0.40, 0.30, 0.40]),
+        _drain("worker", "noop", [960, 1056, 1008], [0.36, 0.33, 0.27]),
+        _drain("sqs-consumer-1", "noop", [500, 500, 500], [0.50, 0.50, 0.50]),
+        _drain("sqs-consumer-2", "noop", [800, 840, 700], [0.45, 0.45, 0.45]),
+        _drain("sqs-consumer-default", "noop", [100, 100, 100], [0.40, 0.40, 0.40]),
+        _drain("raw", "sleep50", [300, 300, 300], [0.5, 0.5, 0.5]),
+        _drain("worker", "sleep50", [330, 300, 360], [0.5, 0.5, 0.5]),
+        _drain("sqs-consumer", "sleep50", [200, 200, 200], [0.5, 0.5, 0.5]),
+        _drain("sqs-consumer-default", "sleep50", [15, 15, 15], [1.0, 1.0, 1.0]),
+    ]
+    results: dict[str, Any] = {
+        "emulator": f"{emulator_kind} x",
+        "emulator_kind": emulator_kind,
+        "consumers": sorted({r["consumer"] for r in rows}),
+        "io_concurrency": 20,
+        "throughput": rows,
+    }
+    results["baselines"] = report.baselines(results)
+    results["ratios"] = report.ratios(results)
+    return results
+
+
+def test_t1_to_t3_take_the_best_raw_variant_per_round_and_sqs_consumers_best_configurations() -> None:
+    """T1 divides by the fastest raw variant of each round, T2 by the cheapest raw variant of each round and
+    by sqs-consumer's lowest-CPU configuration, T3 by sqs-consumer's best instance count (1.15 on LocalStack,
+    1.5 on fauxqs), its best at the same concurrency and its defaults; the verdict is on the median."""
+    results = _t_results("localstack")
+    assert results["baselines"] == {
+        "raw_variants": ["raw", "raw-ua", "raw-pipelined"],
+        "sqs_consumer_best_noop": "sqs-consumer-2",
+        # sqs-consumer-default's CPU per message is the lowest here: every configuration competes.
+        "sqs_consumer_lowest_cpu_noop": "sqs-consumer-default",
+        "sqs_consumer_best_sleep50": "sqs-consumer",
+        "sqs_consumer_default_sleep50": "sqs-consumer-default",
+    }
+    r = results["ratios"]
+    # Best raw per round: 1000, 1100, 1050 -> 0.96, 0.96, 0.96 (the steady rate is 1.2 x in every row).
+    assert r["worker_vs_best_raw_steady_noop"] == 0.96
+    assert r["worker_vs_best_raw_steady_noop_ci95"] == [0.96, 0.96]
+    assert r["worker_vs_best_raw_from_start_noop"] == 0.96
+    # Cheapest raw per round: 0.30, 0.30, 0.30 -> 1.2, 1.1, 0.9.
+    assert r["worker_vs_best_raw_cpu_noop"] == 1.1
+    assert r["worker_vs_raw_cpu_noop"] == 0.9  # 0.9, 0.825, 0.9
+    assert r["raw_pipelined_vs_raw_steady_noop"] == 1.05  # 0.889, 1.1, 1.05
+    assert r["worker_vs_sqs_consumer_lowest_cpu_noop"] == 0.825  # 0.9, 0.825, 0.675
+    assert r["worker_vs_sqs_consumer_best_steady_noop"] == 1.257  # 1.2, 1.257, 1.44
+    assert r["worker_vs_sqs_consumer_best_steady_sleep50"] == 1.65  # 1.65, 1.5, 1.8
+    assert r["worker_vs_sqs_consumer_default_steady_sleep50"] == 22.0
+    low, high = r["worker_vs_sqs_consumer_best_steady_noop_ci95"]
+    assert 1.2 <= low <= 1.257 <= high <= 1.44
+    verdicts = {t["target"].split(": ", 1)[1].split(" (")[0]: t for t in report.targets(results)}
+    assert [t["met"] for t in verdicts.values()] == [True, True, True, False, False, True, True, True]
+    t3 = verdicts["T3: no-op at steady state >= 1.15 x sqs-consumer's best instance count"]
+    assert (t3["value"], t3["ci95"], t3["threshold"]) == (1.257, [low, high], 1.15)
+    fauxqs = {t["target"].split(" (")[0]: t["met"] for t in report.targets(_t_results("fauxqs"))}
+    assert fauxqs["worker: T3: no-op at steady state >= 1.5 x sqs-consumer's best instance count"] is False
+    table = report.table(results)
+    assert "| worker | noop | 1,008 | 1.06 [1.01-1.07] |" in table  # the ratio columns carry intervals
+
+
+def test_consumer_variants_launch_as_their_names_say() -> None:
+    """raw-ua and raw-pipelined keep P pollers; sqs-consumer-N runs N instances whatever P is; the defaults
+    variant one; all of them are in what make bench runs."""
+    launch = Launch("http://q", "http://dlq", "noop", 4, 5, None, "-m worker run", None, "node")
+    raw_ua = bench_consumers.spec("raw-ua").command(launch)
+    assert raw_ua.env == {"BENCH_POLLERS": "4", "BENCH_RAW_USER_AGENT_CACHE": "1"}
+    pipelined = bench_consumers.spec("raw-pipelined").command(launch)
+    assert pipelined.env["BENCH_RAW_PIPELINED"] == "1"
+    assert pipelined.env["BENCH_POLLERS"] == "4"
+    assert "BENCH_RAW_PIPELINED" not in bench_consumers.spec("raw").command(launch).env
+    for n in (1, 2, 4, 8):
+        assert bench_consumers.spec(f"sqs-consumer-{n}").command(launch).env == {"BENCH_POLLERS": str(n)}
+    assert bench_consumers.spec("sqs-consumer").command(launch).env == {"BENCH_POLLERS": "4"}
+    default = bench_consumers.spec("sqs-consumer-default").command(launch)
+    assert default.env == {"BENCH_SQS_CONSUMER_DEFAULTS": "1"}
+    new = {"raw-ua", "raw-pipelined", *(f"sqs-consumer-{n}" for n in (1, 2, 4, 8)), "sqs-consumer-default"}
+    assert new <= set(bench_consumers.DEFAULT_CONSUMERS)

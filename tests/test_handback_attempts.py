@@ -4,9 +4,9 @@ A stopping worker's pending long polls still receive: a busy one (1 s wait) is w
 brings is given back; a parked one (idle queue, long wait, 5 s visibility) is cancelled, and what SQS still
 hands it is visible again within 5 s. Each such receive raises SQS's ApproximateReceiveCount without a
 handler run, so the restarted worker can receive a message with a count that says its attempts are used up
-although its handler never ran. It must run it, not dead-letter it. The worker gives messages back for
-until its own pending polls have ended (WAIT_TIME_SECONDS + 1 s at most), so one stop costs a message one receive,
-not one per pending poll.
+although its handler never ran. It must run it, not dead-letter it. The worker gives messages back until its
+own pending polls have ended (WAIT_TIME_SECONDS + 1 s at most), so one stop costs a message one receive, not
+one per pending poll.
 """
 
 from __future__ import annotations
