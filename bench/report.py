@@ -608,3 +608,44 @@ def soak_summary(soak: dict[str, Any]) -> str:
         f"      {conc['peak_concurrent_handlers']} concurrent 1 s handlers, "
         f"peak RSS {conc['peak_rss_mb']} MB: {verdict[conc['met']]}"
     )
+
+
+#: SQS's request price in US dollars per million requests, Standard queues, after the free tier of one million
+#: a month (https://aws.amazon.com/sqs/pricing/, us-east-1; FIFO: 0.50). Each 64 KiB of a payload is one
+#: request; the bench's messages are 200 bytes.
+USD_PER_MILLION_REQUESTS = 0.40
+#: Hours in an average month (8,760 / 12).
+HOURS_PER_MONTH = 730
+
+
+def cost(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per consumer, what its SQS requests cost: per million messages handled, and per month of idling."""
+    rows = []
+    for rq in results.get("requests", []):
+        per_million_msgs = rq["requests_per_1k"] * 1000  # requests per million messages
+        idle_month = rq["idle_requests_per_hour"] * HOURS_PER_MONTH
+        rows.append(
+            {
+                "consumer": rq["consumer"],
+                "requests_per_million_messages": round(per_million_msgs),
+                "usd_per_million_messages": round(per_million_msgs * USD_PER_MILLION_REQUESTS / 1e6, 4),
+                "idle_requests_per_month": round(idle_month),
+                "usd_per_idle_month": round(idle_month * USD_PER_MILLION_REQUESTS / 1e6, 4),
+            }
+        )
+    return rows
+
+
+def cost_table(results: dict[str, Any]) -> str:
+    """The cost rows as Markdown."""
+    lines = [
+        "| consumer | requests / 1M msgs | $ / 1M msgs | idle requests / month | $ / idle month |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in results.get("cost", []):
+        lines.append(
+            f"| {c['consumer']} | {c['requests_per_million_messages']:,} | "
+            f"{c['usd_per_million_messages']:.3f} | {c['idle_requests_per_month']:,} | "
+            f"{c['usd_per_idle_month']:.3f} |"
+        )
+    return "\n".join(lines)

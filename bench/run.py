@@ -123,7 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-lifecycle", action="store_true", help="skip the start and stop runs")
     p.add_argument("--no-requests", action="store_true", help="skip the request-counting runs")
     p.add_argument("--request-messages", type=int, default=2000, help="N of each request-counting drain")
-    p.add_argument("--idle-seconds", type=float, default=20.0, help="idle window of the request counts")
+    p.add_argument(
+        "--idle-seconds", type=float, default=30.0, help="idle window of the request counts (after 10 s)"
+    )
     p.add_argument("--idle-before-stop", type=float, default=3.0, help="seconds idle before the idle SIGTERM")
     p.add_argument(
         "--stranded-seconds",
@@ -287,6 +289,7 @@ async def run(
     results["baselines"] = report.baselines(results)
     results["ratios"] = report.ratios(results)
     results["peers"] = report.peer_comparison(results)
+    results["cost"] = report.cost(results)
     results["targets"] = report.targets(results) + report.issue20_targets(results)
     return results
 
@@ -380,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         if results.get("peers"):
             print()
             print(report.peers_table(results))
+        if results.get("cost"):
+            print()
+            print(report.cost_table(results))
         print()
         for t in results["targets"]:
             print(report.target_line(t))

@@ -463,3 +463,21 @@ def test_consumer_variants_launch_as_their_names_say() -> None:
     assert default.env == {"BENCH_SQS_CONSUMER_DEFAULTS": "1"}
     new = {"raw-ua", "raw-pipelined", *(f"sqs-consumer-{n}" for n in (1, 2, 4, 8)), "sqs-consumer-default"}
     assert new <= set(bench_consumers.DEFAULT_CONSUMERS)
+
+
+def test_cost_prices_requests_per_million_messages_and_per_idle_month() -> None:
+    """SQS request counts become dollars: 207.5 requests per 1k messages cost $0.083 per million messages, and
+    840 idle requests an hour (730 h a month) $0.245 a month, at $0.40 per million requests."""
+    results: dict[str, Any] = {
+        "requests": [{"consumer": "worker-defaults", "requests_per_1k": 207.5, "idle_requests_per_hour": 840}]
+    }
+    [row] = report.cost(results)
+    assert row == {
+        "consumer": "worker-defaults",
+        "requests_per_million_messages": 207_500,
+        "usd_per_million_messages": 0.083,
+        "idle_requests_per_month": 613_200,
+        "usd_per_idle_month": 0.2453,
+    }
+    results["cost"] = [row]
+    assert "| worker-defaults | 207,500 | 0.083 | 613,200 | 0.245 |" in report.cost_table(results)
