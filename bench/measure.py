@@ -244,9 +244,12 @@ class Bench:
 
     # -- measurements --
 
-    async def drain(self, name: str, handler: str, count: int) -> dict[str, Any]:
+    async def drain(
+        self, name: str, handler: str, count: int, from_start_count: int | None = None
+    ) -> dict[str, Any]:
         """Preload ``count`` messages, launch consumer ``name`` and let it drain them: the rate from process
-        start and at steady state, CPU and RSS of its process tree."""
+        start (over the first ``from_start_count`` messages, default all: the same reference for every
+        consumer however many it drains) and at steady state, CPU and RSS of its process tree."""
         queue = await self.make_queue(f"{name}-{handler}")
         try:
             bodies = await self.bodies(name, [body(i) for i in range(count)], queue)
@@ -278,6 +281,10 @@ class Bench:
         if seconds <= 0:
             raise RuntimeError(f"{name} drained {count} messages before the first sample: raise --messages")
         steady = steady_rate(samples, count)
+        reference = min(from_start_count or count, count)
+        reached = last.at if reference == count else crossing(samples, count, reference)
+        if reached is None:  # drained between two samples: the empty queue bounds it
+            reached = last.at
         result: dict[str, Any] = {
             "consumer": name,
             "config": consumer.config,
@@ -286,8 +293,10 @@ class Bench:
             "measured_messages": first.remaining,
             "seconds": round(seconds, 3),
             "msgs_per_s": round(first.remaining / seconds, 1),
-            # Every message over the time from the consumer's launch to the empty queue (start-up included).
-            "from_start_msgs_per_s": round(count / (last.at - launched), 1),
+            # The first ``reference`` messages over the time from the consumer's launch until they were
+            # consumed (start-up included): every consumer of a handler has the same reference.
+            "from_start_msgs_per_s": round(reference / (reached - launched), 1),
+            "from_start_reference_messages": reference,
             # Between 10 % and 90 % of the messages consumed: no start-up, no ramp, no tail.
             "steady_msgs_per_s": round(steady, 1) if steady is not None else None,
             "launch_to_consuming_s": round(first.at - launched, 3),
@@ -387,18 +396,20 @@ class Bench:
         return result
 
 
+def crossing(samples: list[Sample], count: int, done: float) -> float | None:
+    """The moment ``done`` of the ``count`` preloaded messages had been consumed, by linear interpolation
+    between the two samples around it (None when no two samples bracket it)."""
+    for before, after in pairwise(samples):
+        a, b = count - before.remaining, count - after.remaining
+        if a < done <= b:
+            return before.at + (after.at - before.at) * (done - a) / (b - a)
+    return None
+
+
 def steady_rate(samples: list[Sample], count: int, low: float = 0.1, high: float = 0.9) -> float | None:
     """Messages/s between the moments ``low`` and ``high`` of the ``count`` messages were consumed, each found
     by linear interpolation between the two samples around it (None when the drain had too few samples)."""
-
-    def crossing(done: float) -> float | None:
-        for before, after in pairwise(samples):
-            a, b = count - before.remaining, count - after.remaining
-            if a < done <= b:
-                return before.at + (after.at - before.at) * (done - a) / (b - a)
-        return None
-
-    start, end = crossing(low * count), crossing(high * count)
+    start, end = crossing(samples, count, low * count), crossing(samples, count, high * count)
     if start is None or end is None or end <= start:
         return None
     return (high - low) * count / (end - start)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -85,8 +86,27 @@ def _importable(module: str) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--messages", "-n", type=int, default=5_000, help="N preloaded per no-op drain")
-    p.add_argument("--io-messages", type=int, default=2_000, help="N per drain with the 50 ms handler")
+    p.add_argument(
+        "--messages",
+        "-n",
+        type=int,
+        default=5_000,
+        help="N: at least this many per no-op drain, the from-start reference (default 5,000)",
+    )
+    p.add_argument(
+        "--io-messages",
+        type=int,
+        default=500,
+        help="at least this many per drain with the 50 ms handler, the from-start reference (default 500)",
+    )
+    p.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=10.0,
+        help="size each consumer's drains (from an unmeasured sizing drain) for this many seconds between 10 "
+        "and 90 %% consumed; 0: every drain has N messages (default 10)",
+    )
+    p.add_argument("--max-messages", type=int, default=40_000, help="most messages of a sized drain")
     p.add_argument(
         "--pollers", "-p", type=int, default=4, help="P: pollers of raw, WORKER_POLLERS of worker (default 4)"
     )
@@ -166,6 +186,7 @@ def _checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.N
         args.messages = min(args.messages, 3000)
         args.io_messages = min(args.io_messages, 1000)
         args.repeat = 1
+        args.steady_seconds = 0.0
         args.warmup = min(args.warmup, 500)
         args.latency_messages = min(args.latency_messages, 60)
         args.soak_messages = min(args.soak_messages, 10_000)
@@ -252,17 +273,7 @@ async def run(
         if args.warmup:
             log(f"warm-up: {args.warmup} messages through the raw loop (not measured)")
             await bench.drain("raw", "noop", args.warmup)
-        throughput: list[dict[str, Any]] = []
-        for handler in args.handlers:
-            count = args.messages if handler == "noop" else args.io_messages
-            running = [c for c in names if handler in consumers.spec(c).handlers]
-            runs: dict[str, list[dict[str, Any]]] = {c: [] for c in running}
-            results["order"][handler] = rounds = round_orders(running, args.repeat, rng)
-            for order in rounds:  # every round in its own random order: no consumer always runs first
-                for name in order:
-                    runs[name].append(await bench.drain(name, handler, count))
-            throughput.extend(report.median_runs(runs[name]) for name in running)
-        results["throughput"] = throughput
+        results["throughput"] = await throughput_rounds(bench, args, names, rng, results)
         # The start/stop, request and latency runs: one consumer per configuration that differs there (the
         # raw variants and sqs-consumer's instance counts differ only in throughput).
         side = [c for c in names if consumers.spec(c).side_runs]
@@ -292,6 +303,57 @@ async def run(
     results["cost"] = report.cost(results)
     results["targets"] = report.targets(results) + report.issue20_targets(results)
     return results
+
+
+async def throughput_rounds(
+    bench: Bench, args: argparse.Namespace, names: list[str], rng: random.Random, results: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Per handler: size each consumer's drains, then ``--repeat`` rounds, each in a fresh random order (no
+    consumer always runs first); the median row of each consumer (``sizes`` and ``order`` go to results)."""
+    throughput: list[dict[str, Any]] = []
+    results["sizes"] = {}
+    for handler in args.handlers:
+        count = args.messages if handler == "noop" else args.io_messages
+        running = [c for c in names if handler in consumers.spec(c).handlers]
+        sizes = results["sizes"][handler] = await drain_sizes(bench, args, running, handler, count)
+        runs: dict[str, list[dict[str, Any]]] = {c: [] for c in running}
+        results["order"][handler] = rounds = round_orders(running, args.repeat, rng)
+        for order in rounds:
+            for name in order:
+                runs[name].append(await bench.drain(name, handler, sizes[name]["n"], count))
+        throughput.extend(report.median_runs(runs[name]) for name in running)
+    return throughput
+
+
+#: Messages of the unmeasured sizing drain of each consumer, per handler.
+SIZING_MESSAGES = {"noop": 1_500, "sleep50": 300}
+#: The steady window is 10 % to 90 % of a drain: 80 % of its messages.
+STEADY_FRACTION = 0.8
+
+
+def drain_size(rate: float | None, steady_seconds: float, least: int, most: int) -> int:
+    """Messages a drain needs for ``steady_seconds`` between 10 and 90 % consumed at ``rate`` msg/s, within
+    [least, most] (``least`` when the rate is unknown or sizing is off)."""
+    if not rate or steady_seconds <= 0:
+        return least
+    return max(least, min(most, math.ceil(rate * steady_seconds / STEADY_FRACTION)))
+
+
+async def drain_sizes(
+    bench: Bench, args: argparse.Namespace, names: list[str], handler: str, least: int
+) -> dict[str, dict[str, Any]]:
+    """Per consumer, the N of its measured drains: sized from an unmeasured drain so its steady window lasts
+    ``--steady-seconds`` (at least ``least``, the from-start reference, at most ``--max-messages``)."""
+    sizes: dict[str, dict[str, Any]] = {}
+    for name in names:
+        rate = None
+        if args.steady_seconds > 0:
+            probe = await bench.drain(name, handler, SIZING_MESSAGES[handler])
+            rate = probe["steady_msgs_per_s"] or probe["msgs_per_s"]
+        n = drain_size(rate, args.steady_seconds, least, args.max_messages)
+        sizes[name] = {"sizing_msgs_per_s": rate, "n": n}
+    log(f"{handler} drains sized: " + ", ".join(f"{k} {v['n']:,}" for k, v in sizes.items()))
+    return sizes
 
 
 def round_orders(names: list[str], rounds: int, rng: random.Random) -> list[list[str]]:

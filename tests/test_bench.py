@@ -481,3 +481,28 @@ def test_cost_prices_requests_per_million_messages_and_per_idle_month() -> None:
     }
     results["cost"] = [row]
     assert "| worker-defaults | 207,500 | 0.083 | 613,200 | 0.245 |" in report.cost_table(results)
+
+
+def test_drains_are_sized_for_the_steady_window_within_bounds() -> None:
+    """A drain at 1,800 msg/s needs 22,500 messages for 10 s between 10 and 90 % consumed; never fewer than
+    the from-start reference, never more than the cap; unknown rate or sizing off: the reference."""
+    from bench.run import drain_size
+
+    assert drain_size(1800.0, 10.0, 5000, 40_000) == 22_500
+    assert drain_size(200.0, 10.0, 5000, 40_000) == 5000
+    assert drain_size(9000.0, 10.0, 5000, 40_000) == 40_000
+    assert drain_size(None, 10.0, 5000, 40_000) == 5000
+    assert drain_size(1800.0, 0.0, 5000, 40_000) == 5000
+
+
+def test_the_from_start_reference_is_found_between_samples() -> None:
+    """The moment the 500th of 1,000 messages was consumed is interpolated between the samples around it."""
+    from bench.measure import crossing
+
+    samples = [
+        Sample(0.0, 1000, 0.0, None, None),
+        Sample(1.0, 800, 0.0, None, None),
+        Sample(2.0, 400, 0.0, None, None),
+    ]
+    assert crossing(samples, 1000, 500) == 1.75
+    assert crossing(samples, 1000, 700) is None
