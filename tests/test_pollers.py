@@ -134,9 +134,9 @@ def _pollers(metrics: Metrics, url: str) -> float:
 async def test_auto_pollers_grow_under_load_and_shrink_to_one_when_idle(
     sqs: Any, queues: QueueFactory
 ) -> None:
-    """300 queued 0.2 s messages, concurrency 50: more than one poller while full; back to 1 when empty."""
+    """Started on an empty queue, concurrency 50: one poller once receives came back empty; then 300 queued
+    0.2 s messages: more than one poller while full (never above the bound); back to 1 when empty."""
     q = await queues()
-    await send_bodies(sqs, q["url"], [{"key": unique("load"), "sleep": 0.2} for _ in range(300)])
     metrics = Metrics()
     seen: list[float] = []
 
@@ -145,6 +145,8 @@ async def test_auto_pollers_grow_under_load_and_shrink_to_one_when_idle(
         return seen[-1] >= 2
 
     async with running_worker(q, metrics=metrics, concurrency=50):
+        await wait_for(lambda: _pollers(metrics, q["url"]) == 1, timeout=15, what="down to one poller")
+        await send_bodies(sqs, q["url"], [{"key": unique("load"), "sleep": 0.2} for _ in range(300)])
         await wait_for(grown, timeout=20, interval=0.02, what="a second poller")
         await wait_for(lambda: _empty(sqs, q["url"]), timeout=30, what="queue empty")
         await wait_for(lambda: _pollers(metrics, q["url"]) == 1, timeout=15, what="back to one poller")

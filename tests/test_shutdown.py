@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import QueueFactory, on_emulators, unique
-from tests.helpers import WorkerProcess, depth, read_journal, send_bodies, wait_for
+from tests.helpers import WorkerProcess, depth, http_get, read_journal, send_bodies, wait_for
 from worker.engine.pollers import PARKED_VISIBILITY
 
 
@@ -76,6 +76,13 @@ async def test_sigterm_under_load_loses_nothing_and_finishes_nothing_twice(
     assert await depth(sqs, q["dlq_url"]) == 0
 
 
+def _one_poller(worker: WorkerProcess) -> bool:
+    status, body = http_get(worker.port, "/metrics", timeout=1)
+    return status == 200 and any(
+        line.startswith("worker_pollers{") and line.endswith(" 1.0") for line in body.splitlines()
+    )
+
+
 async def _is_empty(sqs: Any, url: str) -> bool:
     return await depth(sqs, url) == 0
 
@@ -100,6 +107,8 @@ async def test_idle_worker_exits_at_once_on_sigterm_and_strands_nothing_for_a_le
     first = WorkerProcess({**aws_env, "TEST_JOURNAL": str(journals[0])}, tmp_path, **settings).start()
     try:
         await first.wait_ready()
+        # Idle: the first short polls came back empty and one poller is left, in its long poll.
+        await wait_for(lambda: _one_poller(first), timeout=15, what="one poller left")
         signalled = time.monotonic()
         first.signal(signal.SIGTERM)
         # Sent while the worker leaves: its abandoned long polls are still open on the emulator's side.

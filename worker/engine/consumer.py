@@ -103,7 +103,10 @@ class Consumer:
         #: Most pollers, how many should run, and the indices of those running.
         self._bound = pollers_bound(settings.concurrency, settings.pollers)
         self._auto = settings.pollers is None
-        self._target = 1 if self._auto else self._bound
+        # Automatic sizing starts at the bound: a worker started on a backlog (a scale-up from zero) polls at
+        # full width from its first receives; on an idle queue its first short polls come back empty and the
+        # pollers drop to one within a round trip each.
+        self._target = self._bound
         self._running: set[int] = set()
         self._pollers_gauge = metrics.pollers.labels(self.queue)
         #: Cancel scopes of the parked receives in flight: stop() cancels them.
