@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # is a Python wrapper, which would hide the process the bench measures), and npm is the virtualenv's.
 export PATH := $(abspath $(VENV)/node-bin):$(abspath $(BIN)):$(PATH)
 
-.PHONY: help venv test lint chaos soak bench bench-peers audit lock dist unit localstack localstack-venv node-deps bench-deps iam-deps demo docs clean
+.PHONY: help venv test lint chaos soak bench bench-compare bench-peers bench-scaling audit lock dist unit localstack localstack-venv node-deps bench-deps iam-deps demo docs clean
 
 help:
 	@echo "make demo        run the embedded end-to-end demo (LocalStack host mode, worker, traffic, summary)"
@@ -18,6 +18,9 @@ help:
 	@echo "make node-deps   the Node packages the tests use (npm ci from the committed package-lock.json files)"
 	@echo "make chaos       the fault-injection suite with 20 kill -9 trials (figures in docs/chaos-results.json)"
 	@echo "make soak        30 min of mixed load through one worker: leak slope, fds, threads, 0 lost (SOAK_SECONDS)"
+	@echo "make bench       the whole performance evidence of this commit, published into docs/PERFORMANCE.md (~3 h)"
+	@echo "make bench-compare  the LocalStack comparison with every peer alone (BENCH_ARGS=--quick: a smoke run)"
+	@echo "make bench-scaling  the worker's scaling curve (pollers x concurrency x handler time), its plot and sizing advice"
 	@echo "make localstack  start the embedded LocalStack in the foreground"
 	@echo "make audit       pip-audit of every pinned dependency; fails when one is vulnerable or could not be audited"
 	@echo "make lock        regenerate constraints/*.txt from pyproject.toml, keeping the pins (LOCK_ARGS=--upgrade bumps)"
@@ -87,7 +90,23 @@ soak: $(STAMP) localstack-venv
 		$(BIN)/python -m pytest -q -p no:randomly tests/test_soak.py; \
 	status=$$?; $(BIN)/python tools/reliability_doc.py || [ $$status -ne 0 ] || status=1; exit $$status
 
+# The whole performance evidence of the commit checked out (docs/PERFORMANCE.md, about 3 hours on 2 cores): the
+# comparison on LocalStack and on fauxqs, open-loop latency, the scaling grid and its plot; then bench.publish
+# rewrites the page's results section from these files only (copied into docs/bench-results/) and refuses a
+# dirty tree. `make bench-compare` is the LocalStack comparison alone (BENCH_ARGS: e.g. --quick, --consumers).
+BENCH_SHA = $(shell git rev-parse --short=7 HEAD)
+BENCH_OUT = bench/results/$(BENCH_SHA)
 bench: $(STAMP) localstack-venv bench-deps bench-peers
+	$(BIN)/python -m bench $(BENCH_ARGS) --output $(BENCH_OUT)-localstack.json
+	$(BIN)/python -m bench --emulator fauxqs $(BENCH_ARGS) --output $(BENCH_OUT)-fauxqs.json
+	$(BIN)/python -m bench.openloop --output $(BENCH_OUT)-openloop.json
+	$(BIN)/python -m bench.scaling $(SCALING_ARGS) --output $(BENCH_OUT)-scaling.json \
+		--plot docs/img/scaling-$(BENCH_SHA).png
+	$(BIN)/python -m bench.publish --main $(BENCH_OUT)-localstack.json --fauxqs $(BENCH_OUT)-fauxqs.json \
+		--openloop $(BENCH_OUT)-openloop.json --scaling $(BENCH_OUT)-scaling.json \
+		--plot docs/img/scaling-$(BENCH_SHA).png
+
+bench-compare: $(STAMP) localstack-venv bench-deps bench-peers
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # The Python peers of the bench (sqs-workers, dramatiq-sqs, Celery on kombu's SQS transport) in their own
@@ -107,6 +126,15 @@ $(PEERS_VENV)/.installed: bench/peers-requirements.txt
 	@touch $@
 
 bench-peers: $(PEERS_VENV)/.installed
+
+# The scaling curve (issue 15, T7): the worker over pollers x concurrency x handler time, the raw loop at the same
+# pollers beside it, into bench/results/scaling-<date>.json; then bench/plot.py, with the peers' virtualenv's
+# matplotlib, draws docs/img/scaling-<sha>.png and prints the sizing advice. The whole grid takes about half an
+# hour on LocalStack (the estimate is printed before it starts); SCALING_ARGS cuts or repeats it, e.g.
+# "--pollers 1,4 --concurrency 100 --handlers 0,50", "--repeat 5", "--dry-run" (the plan only).
+SCALING_ARGS ?=
+bench-scaling: $(STAMP) localstack-venv bench-peers
+	$(BIN)/python -m bench.scaling $(SCALING_ARGS)
 
 # Release and supply-chain tools: pinned, installed into the virtualenv on demand, constrained by the dev lock so
 # they never move a pinned package.

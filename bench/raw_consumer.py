@@ -40,16 +40,23 @@ def _latency_handler(path: str) -> Handler:
     return latency
 
 
-async def _sleep50(entry: dict[str, Any]) -> None:
-    await asyncio.sleep(0.05)
+def _sleep(seconds: float) -> Handler:
+    async def sleep(entry: dict[str, Any]) -> None:
+        await asyncio.sleep(seconds)
+
+    return sleep
+
+
+#: The I/O handlers of bench/handlers.py, by name: the same waits.
+SLEEPS = {"sleep5": _sleep(0.005), "sleep50": _sleep(0.05), "sleep500": _sleep(0.5)}
 
 
 def handler_named(name: str) -> Handler:
-    """``noop`` (nothing is called), ``sleep50`` or ``latency``."""
+    """``noop`` (nothing is called), ``sleep5``, ``sleep50``, ``sleep500`` or ``latency``."""
     if name == "noop":
         return None
-    if name == "sleep50":
-        return _sleep50
+    if name in SLEEPS:
+        return SLEEPS[name]
     if name == "latency":
         return _latency_handler(os.environ["BENCH_LATENCY_FILE"])
     raise SystemExit(f"unknown handler {name!r}")

@@ -607,6 +607,18 @@ def soak_summary(soak: dict[str, Any]) -> str:
         f"slope {flow['slope_mb_per_min']:+.2f} MB/min): {verdict[flow['met']]}\n"
         f"      {conc['peak_concurrent_handlers']} concurrent 1 s handlers, "
         f"peak RSS {conc['peak_rss_mb']} MB: {verdict[conc['met']]}"
+    ) + _memory_line(soak.get("memory"))
+
+
+def _memory_line(m: dict[str, Any] | None) -> str:
+    """The 1,000 HTTP-calling handlers on 256 KiB bodies, when the soak ran them."""
+    if not m:
+        return ""
+    verdict = {True: "met", False: "MISSED"}
+    return (
+        f"\n      {m['peak_concurrent_handlers']} concurrent HTTP calls on {m['body_bytes']:,}-byte bodies, "
+        f"peak RSS {m['peak_rss_mb']} MB ({m['in_flight_bodies_mb']} MB of bodies in flight): "
+        f"{verdict[m['met']]}"
     )
 
 

@@ -1,0 +1,86 @@
+"""bench.publish: the results section of docs/PERFORMANCE.md made from one commit's JSON only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import publish
+
+
+def _doc(sha: str = "a" * 40, dirty: bool = False) -> dict[str, Any]:
+    return {
+        "date": "2026-12-06T02:00:00+00:00",
+        "emulator": "LocalStack 4.13.1 (host mode)",
+        "emulator_kind": "localstack",
+        "git": {"sha": sha, "dirty": dirty, "changed": []},
+        "machine": {"cores": 2, "cpu": "AMD EPYC", "python": "3.11.7", "load_average_at_start": [0.3, 0, 0]},
+        "repeat": 5,
+        "seed": 7,
+        "throughput": [
+            {
+                "consumer": "raw",
+                "handler": "noop",
+                "from_start_msgs_per_s": 1500.0,
+                "steady_msgs_per_s": 1800.0,
+                "cpu_s_per_1k": 0.29,
+                "peak_rss_mb": 55.0,
+            }
+        ],
+        "targets": [
+            {"target": "T1", "value": 0.97, "ci95": [0.95, 0.99], "met": True},
+            {"target": "T2", "value": 1.3, "ci95": [1.2, 1.4], "met": False},
+            {"target": "T3", "value": None, "ci95": None, "met": None},
+        ],
+    }
+
+
+def test_targets_show_met_missed_and_not_measured_with_their_interval() -> None:
+    """Each target is one row: met, **missed** or not measured, with the median and its 95 % interval."""
+    table = publish.targets_table(_doc()["targets"])
+    assert "| met | T1 | 0.97 [0.95-0.99] |" in table
+    assert "| **missed** | T2 | 1.3 [1.2-1.4] |" in table
+    assert "| not measured | T3 | - |" in table
+
+
+def test_the_page_section_is_replaced_between_its_markers_and_names_the_commit(tmp_path: Path) -> None:
+    """Publishing twice rewrites only the marked section (the text around it stays), with the commit and a
+    link to the JSON copy kept beside the page."""
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text("# Performance\n\nintro\n")
+    run = tmp_path / "run.json"
+    run.write_text(json.dumps(_doc()))
+    store = tmp_path / "bench-results"
+    for _ in range(2):
+        assert publish.main(["--main", str(run), "--page", str(page), "--store", str(store)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Performance\n\nintro\n")
+    assert text.count(publish.BEGIN) == 1
+    assert text.count(publish.END) == 1
+    assert f"Measured on commit `{'a' * 40}`, clean tree" in text
+    copy = "2026-12-06-comparison-localstack-aaaaaaa.json"
+    assert (store / copy).exists()
+    assert f"](bench-results/{copy})" in text
+    assert "| met | T1 | 0.97 [0.95-0.99] |" in text
+
+
+def test_files_of_different_or_dirty_commits_are_refused_unless_allowed(tmp_path: Path) -> None:
+    """A run of another commit or of a dirty tree is not published as the commit's figures unless
+    --allow-mixed is given, and then the page says so."""
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text("# Performance\n")
+    main, other = tmp_path / "main.json", tmp_path / "other.json"
+    main.write_text(json.dumps(_doc()))
+    other.write_text(json.dumps({**_doc(sha="b" * 40), "runs": []}))
+    argv = ["--main", str(main), "--openloop", str(other), "--page", str(page), "--store", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        publish.main(argv)
+    dirty = tmp_path / "dirty.json"
+    dirty.write_text(json.dumps(_doc(dirty=True)))
+    with pytest.raises(SystemExit):
+        publish.main(["--main", str(dirty), "--page", str(page), "--store", str(tmp_path)])
+    assert publish.main([*argv, "--allow-mixed"]) == 0
+    assert "**Mixed or dirty**" in page.read_text()
