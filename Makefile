@@ -100,10 +100,11 @@ bench: $(STAMP) localstack-venv bench-deps bench-peers
 	$(BIN)/python -m bench $(BENCH_ARGS) --output $(BENCH_OUT)-localstack.json
 	$(BIN)/python -m bench --emulator fauxqs $(BENCH_ARGS) --output $(BENCH_OUT)-fauxqs.json
 	$(BIN)/python -m bench.openloop --output $(BENCH_OUT)-openloop.json
+	$(BIN)/python -m bench --soak --output $(BENCH_OUT)-soak.json
 	$(BIN)/python -m bench.scaling $(SCALING_ARGS) --output $(BENCH_OUT)-scaling.json \
 		--plot docs/img/scaling-$(BENCH_SHA).png
 	$(BIN)/python -m bench.publish --main $(BENCH_OUT)-localstack.json --fauxqs $(BENCH_OUT)-fauxqs.json \
-		--openloop $(BENCH_OUT)-openloop.json --scaling $(BENCH_OUT)-scaling.json \
+		--openloop $(BENCH_OUT)-openloop.json --soak $(BENCH_OUT)-soak.json --scaling $(BENCH_OUT)-scaling.json \
 		--plot docs/img/scaling-$(BENCH_SHA).png
 
 bench-compare: $(STAMP) localstack-venv bench-deps bench-peers

@@ -84,3 +84,35 @@ def test_files_of_different_or_dirty_commits_are_refused_unless_allowed(tmp_path
         publish.main(["--main", str(dirty), "--page", str(page), "--store", str(tmp_path)])
     assert publish.main([*argv, "--allow-mixed"]) == 0
     assert "**Mixed or dirty**" in page.read_text()
+
+
+def test_a_soak_run_is_listed_with_its_verdicts(tmp_path: Path) -> None:
+    """The soak's three figures (long flow, 1,000 concurrent handlers, the memory run) appear as lines."""
+    soak = {
+        "flow": {
+            "messages": 100_000,
+            "seconds": 80.0,
+            "rss_after_warmup_mb": 90.0,
+            "rss_end_mb": 88.0,
+            "growth_pct": -2.2,
+            "slope_mb_per_min": -1.0,
+            "met": True,
+        },
+        "concurrent": {"peak_concurrent_handlers": 1000, "peak_rss_mb": 102.5, "met": True},
+        "memory": {
+            "peak_concurrent_handlers": 1000,
+            "body_bytes": 262_000,
+            "peak_rss_mb": 627.0,
+            "in_flight_bodies_mb": 249.9,
+            "met": True,
+        },
+    }
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text("# Performance\n")
+    main, soaked = tmp_path / "main.json", tmp_path / "soak.json"
+    main.write_text(json.dumps(_doc()))
+    soaked.write_text(json.dumps({**_doc(), "soak": soak}))
+    publish.main(["--main", str(main), "--soak", str(soaked), "--page", str(page), "--store", str(tmp_path)])
+    text = page.read_text()
+    assert "- soak: 100000 messages in 80 s, RSS 90.0 -> 88.0 MB" in text
+    assert "1000 concurrent HTTP calls on 262,000-byte bodies, peak RSS 627.0 MB" in text

@@ -91,8 +91,8 @@ class Settings(BaseSettings):
         le=64,
         description=(
             "Concurrent receives: exactly this many long-poll loops. Unset: automatic, between 1 and "
-            "ceil(WORKER_CONCURRENCY / 10) (at most 8), starting at that bound, one fewer when a receive comes "
-            "back empty, one more while receives come back full with slots free."
+            "ceil(WORKER_CONCURRENCY / 10) (at most 8), starting at that bound, one fewer when a receive "
+            "comes back empty, one more while receives come back full with slots free."
         ),
     )
     wait_time_seconds: int = Field(
