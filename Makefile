@@ -18,7 +18,7 @@ help:
 	@echo "make node-deps   the Node packages the tests use (npm ci from the committed package-lock.json files)"
 	@echo "make chaos       the fault-injection suite with 20 kill -9 trials (figures in docs/chaos-results.json)"
 	@echo "make soak        30 min of mixed load through one worker: leak slope, fds, threads, 0 lost (SOAK_SECONDS)"
-	@echo "make bench       the whole performance evidence of this commit, published into docs/PERFORMANCE.md (~3 h)"
+	@echo "make bench       the whole performance evidence of this commit, published into docs/PERFORMANCE.md (~2.5 h)"
 	@echo "make bench-compare  the LocalStack comparison with every peer alone (BENCH_ARGS=--quick: a smoke run)"
 	@echo "make bench-scaling  the worker's scaling curve (pollers x concurrency x handler time), its plot and sizing advice"
 	@echo "make localstack  start the embedded LocalStack in the foreground"
@@ -90,7 +90,7 @@ soak: $(STAMP) localstack-venv
 		$(BIN)/python -m pytest -q -p no:randomly tests/test_soak.py; \
 	status=$$?; $(BIN)/python tools/reliability_doc.py || [ $$status -ne 0 ] || status=1; exit $$status
 
-# The whole performance evidence of the commit checked out (docs/PERFORMANCE.md, about 3 hours on 2 cores): the
+# The whole performance evidence of the commit checked out (docs/PERFORMANCE.md, about 2.5 hours on 2 cores): the
 # comparison on LocalStack and on fauxqs, open-loop latency, the scaling grid and its plot; then bench.publish
 # rewrites the page's results section from these files only (copied into docs/bench-results/) and refuses a
 # dirty tree. `make bench-compare` is the LocalStack comparison alone (BENCH_ARGS: e.g. --quick, --consumers).

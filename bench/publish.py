@@ -104,6 +104,13 @@ def openloop_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _advice_text(line: object) -> str:
+    """One sizing advice: its sentence (bench.plot stores dicts with a ``text``), else the value as JSON."""
+    if isinstance(line, dict) and isinstance(line.get("text"), str):
+        return str(line["text"])
+    return line if isinstance(line, str) else json.dumps(line)
+
+
 def header(doc: dict[str, Any], what: str, link: str) -> str:
     """Where and on what a run was measured, with a link to its JSON."""
     git = doc.get("git", {})
@@ -121,7 +128,7 @@ def header(doc: dict[str, Any], what: str, link: str) -> str:
         )
     if load:
         bits.append(f"load average at start {load[0]}")
-    if "repeat" in doc:
+    if "repeat" in doc and "throughput" in doc:
         bits.append(f"{doc['repeat']} rounds in random order (seed {doc.get('seed')})")
     return "; ".join(bits) + f". Every figure: [`{Path(link).name}`]({link})."
 
@@ -203,7 +210,7 @@ def render(
         advice = doc.get("advice") or doc.get("sizing_advice") or []
         if advice:
             out += ["Sizing advice derived from the grid:", ""]
-            out += [f"- {line}" if isinstance(line, str) else f"- {json.dumps(line)}" for line in advice]
+            out += [f"- {_advice_text(line)}" for line in advice]
             out.append("")
     out.append(END)
     return "\n".join(out)

@@ -116,3 +116,15 @@ def test_a_soak_run_is_listed_with_its_verdicts(tmp_path: Path) -> None:
     text = page.read_text()
     assert "- soak: 100000 messages in 80 s, RSS 90.0 -> 88.0 MB" in text
     assert "1000 concurrent HTTP calls on 262,000-byte bodies, peak RSS 627.0 MB" in text
+
+
+def test_sizing_advice_is_shown_as_its_sentences(tmp_path: Path) -> None:
+    """bench.plot's advice entries (dicts with a text) are listed as their sentences, not as JSON."""
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text("# Performance\n")
+    main, grid = tmp_path / "main.json", tmp_path / "scaling.json"
+    main.write_text(json.dumps(_doc()))
+    advice = [{"handler_ms": 0, "text": "no-op handler: WORKER_POLLERS=2 WORKER_CONCURRENCY=100"}]
+    grid.write_text(json.dumps({**_doc(), "advice": advice}))
+    publish.main(["--main", str(main), "--scaling", str(grid), "--page", str(page), "--store", str(tmp_path)])
+    assert "- no-op handler: WORKER_POLLERS=2 WORKER_CONCURRENCY=100\n" in page.read_text()
