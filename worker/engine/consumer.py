@@ -111,6 +111,10 @@ class Consumer:
         self._pollers_gauge = metrics.pollers.labels(self.queue)
         #: Cancel scopes of the parked receives in flight: stop() cancels them.
         self._parked: set[anyio.CancelScope] = set()
+        #: Receives still open on SQS's side (in flight, or cancelled and not yet at the end of their wait):
+        #: when each ends at the latest. What the drain hands back stays hidden until they have ended.
+        self._open: dict[object, float] = {}
+        processor.receives_open_until = lambda: max(self._open.values(), default=0.0)
         #: What may hold the pollers before each receive: the breakers (when they pause receiving) and more.
         self.holds: list[ReceiveHold] = [processor.gate] if processor.gate is not None else []
         #: Runners waiting for their next group (LIFO), and whether they may wait any more.
@@ -243,7 +247,8 @@ class Consumer:
             first = False
             sent = anyio.current_time()
             self.health.poll_begun(index, sent + plan.wait + POLL_OVERDUE_MARGIN)
-            self.processor.receives_open_until = max(self.processor.receives_open_until, sent + plan.wait)
+            opened = object()
+            self._open[opened] = sent + plan.wait  # until it answers, or until its wait ends if cancelled
             response = None
             scope = anyio.CancelScope()
             if plan.parked:
@@ -258,6 +263,7 @@ class Consumer:
                         visibility=plan.visibility,
                     )
             except CALL_ERRORS as exc:
+                del self._open[opened]
                 self.health.poll_ended(index)
                 self.slots.release(wanted)
                 failures += 1
@@ -268,17 +274,12 @@ class Consumer:
             finally:
                 self._parked.discard(scope)
             self.health.poll_ended(index)
-            if response is None:  # a parked receive cancelled by stop()
+            if response is None:  # a parked receive cancelled by stop(): open on SQS's side until its wait
                 self.slots.release(wanted)
                 return
-            retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
-            if retried:
-                self.metrics.sqs_errors.labels("ReceiveMessage").inc(retried)
-            if failures:
-                log.info("receive recovered", extra={"event": "poll_recovered", "after_failures": failures})
+            del self._open[opened]  # it answered: closed on SQS's side too
+            self._answered(response, failures)
             failures = 0
-            self.health.poll_succeeded()
-            self._last_poll.set(time.time())
             entries = response.get("Messages", [])
             self.slots.release(wanted - len(entries))
             busy = bool(entries)
@@ -289,6 +290,16 @@ class Consumer:
                 await self._take(work, entries, sent, plan)
             if leave or self.stopping.is_set():
                 return
+
+    def _answered(self, response: Any, failures: int) -> None:
+        """Count a receive's SDK retries, log a recovery after ``failures``, mark the poll healthy."""
+        retried = response.get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        if retried:
+            self.metrics.sqs_errors.labels("ReceiveMessage").inc(retried)
+        if failures:
+            log.info("receive recovered", extra={"event": "poll_recovered", "after_failures": failures})
+        self.health.poll_succeeded()
+        self._last_poll.set(time.time())
 
     def _receive_failed(self, exc: BaseException, failures: int, index: int) -> float:
         """Count and log a failed receive; the backoff before the next one."""

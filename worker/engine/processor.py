@@ -100,8 +100,8 @@ class Processor:
         #: Set when the worker drains: messages not yet started (later ones of a FIFO group) go back.
         self.draining = False
         #: When this worker's receives still open on SQS's side end at the latest (anyio clock; the consumer
-        #: sets it before each receive): what goes back while draining stays hidden until then.
-        self.receives_open_until = 0.0
+        #: points it at its open receives): what goes back while draining stays hidden until then.
+        self.receives_open_until: Callable[[], float] = lambda: 0.0
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
         #: Receives this worker gave back unprocessed, per message id: they are not attempts.
         self.handbacks = HandBacks()
@@ -147,7 +147,7 @@ class Processor:
         if not self.draining:
             return 0
         now = anyio.current_time()
-        return handback_while_draining(self.receives_open_until, now, self.settings.wait_time_seconds)
+        return handback_while_draining(self.receives_open_until(), now, self.settings.wait_time_seconds)
 
     async def run(
         self,
