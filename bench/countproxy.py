@@ -2,11 +2,13 @@
 it counts each SQS request by action (``X-Amz-Target`` of the JSON protocol, ``Action=`` of the query one).
 
 Requests are parsed only as far as their length (HTTP/1.1 with ``Content-Length``, as every SDK here sends
-them) and forwarded unchanged; responses are piped back untouched. It runs in the bench's event loop, so its
-CPU is the bench's, not the consumer's."""
+them) and forwarded unchanged; responses are piped back untouched. A subclass reads the traffic through
+per-connection hooks (``ConnectionHooks``: each request, each answer chunk) instead of a forwarding loop of
+its own. It runs in the bench's event loop, so its CPU is the bench's, not the consumer's."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from urllib.parse import parse_qs, urlsplit
 
@@ -49,8 +51,21 @@ def content_length(head: bytes) -> int:
     return length
 
 
+class ConnectionHooks:
+    """What a proxy does besides counting, one per connection: nothing here; a subclass (the open-loop bench's
+    timing proxy) reads the traffic it is shown."""
+
+    def request(self, action: str, body: bytes) -> None:
+        """One whole request, counted under ``action``, about to be forwarded."""
+
+    def response(self, chunk: bytes, at: float) -> None:
+        """One chunk of the emulator's answers, handed on to the client at ``at`` (``time.time()`` just
+        before the write)."""
+
+
 class CountingProxy:
-    """``await tg.start(proxy.serve)`` gives its port; ``counts`` holds the requests seen so far by action."""
+    """``await tg.start(proxy.serve)`` gives its port; ``counts`` holds the requests seen so far by action.
+    A subclass sees each connection's traffic through the :class:`ConnectionHooks` of :meth:`hooks`."""
 
     def __init__(self, target: str) -> None:
         parts = urlsplit(target)
@@ -63,6 +78,10 @@ class CountingProxy:
         """A copy of the counts now."""
         return Counter(self.counts)
 
+    def hooks(self) -> ConnectionHooks:
+        """The hooks of a new connection (none here)."""
+        return ConnectionHooks()
+
     async def serve(self, *, task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Accept connections on a free loopback port until cancelled."""
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
@@ -71,17 +90,20 @@ class CountingProxy:
             await listener.serve(self._connection)
 
     async def _connection(self, client: anyio.abc.SocketStream) -> None:
+        hooks = self.hooks()
         async with client:
             try:
                 upstream = await anyio.connect_tcp(self.host, self.port)
             except OSError:
                 return
             async with upstream, anyio.create_task_group() as tg:
-                tg.start_soon(self._responses, upstream, client, tg.cancel_scope)
-                await self._requests(client, upstream)
+                tg.start_soon(self._responses, upstream, client, hooks, tg.cancel_scope)
+                await self._requests(client, upstream, hooks)
                 tg.cancel_scope.cancel()
 
-    async def _requests(self, client: anyio.abc.SocketStream, upstream: anyio.abc.SocketStream) -> None:
+    async def _requests(
+        self, client: anyio.abc.SocketStream, upstream: anyio.abc.SocketStream, hooks: ConnectionHooks
+    ) -> None:
         """Parse each request far enough to count it; forward its bytes."""
         buffer = b""
         try:
@@ -93,19 +115,28 @@ class CountingProxy:
                 while len(buffer) < length:
                     buffer += await client.receive()
                 body, buffer = buffer[:length], buffer[length:]
-                self.counts[sqs_action(head, body)] += 1
+                action = sqs_action(head, body)
+                self.counts[action] += 1
+                hooks.request(action, body)
                 await upstream.send(head + b"\r\n\r\n" + body)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ValueError):
             return
 
     @staticmethod
     async def _responses(
-        upstream: anyio.abc.SocketStream, client: anyio.abc.SocketStream, scope: anyio.CancelScope
+        upstream: anyio.abc.SocketStream,
+        client: anyio.abc.SocketStream,
+        hooks: ConnectionHooks,
+        scope: anyio.CancelScope,
     ) -> None:
         """Pipe the emulator's answers back; when it closes, close the connection."""
         try:
             async for chunk in upstream:
+                # Stamped just before the write: anyio's send yields to the event loop after writing, and
+                # other tasks could run before a stamp taken after it.
+                at = time.time()
                 await client.send(chunk)
+                hooks.response(chunk, at)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         scope.cancel()

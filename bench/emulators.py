@@ -1,22 +1,30 @@
-"""The emulator the bench runs against (the embedded LocalStack, fauxqs, or a given ``--endpoint``),
-and the small pieces of plumbing around it: npm installs, free ports, a proxy-free HTTP GET, and the
-sealed AWS environment every process here gets."""
+"""The emulator the bench runs against (the embedded LocalStack, fauxqs, or a given ``--endpoint``), a
+bench entry run on it in a temporary workdir, and the small pieces of plumbing around it: npm installs, free
+ports, a proxy-free HTTP GET, and the sealed AWS environment every process here gets."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import anyio
 
 from bench.common import FAUXQS_DIR, ROOT, log
+
+#: A bench's async entry: (args, endpoint, emulator description, emulator pid or None, workdir) -> results.
+Entry = Callable[[argparse.Namespace, str, str, int | None, Path], Awaitable[dict[str, Any]]]
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -82,6 +90,22 @@ def emulator(kind: str, endpoint: str | None, workdir: Path) -> Iterator[tuple[s
             yield running
         return
     raise SystemExit(f"unknown emulator {kind!r}")
+
+
+def run_on_emulator(args: argparse.Namespace, entry: Entry, prefix: str, detail: str = "") -> dict[str, Any]:
+    """Run ``entry`` under anyio against ``args.emulator`` (or ``args.endpoint``), in a temporary workdir
+    (``worker-<prefix>``, ``worker-bench-`` for the empty prefix) removed afterwards unless
+    ``args.keep_workdir``; log the emulator with ``detail``; return the entry's results."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"worker-{prefix or 'bench-'}"))
+    try:
+        with emulator(args.emulator, args.endpoint, workdir) as (endpoint, description, pid):
+            log(f"emulator: {description}; {detail}" if detail else f"emulator: {description}")
+            return anyio.run(entry, args, endpoint, description, pid, workdir)
+    finally:
+        if args.keep_workdir:
+            log(f"logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -42,9 +42,7 @@ import argparse
 import contextlib
 import json
 import math
-import shutil
 import sys
-import tempfile
 import time
 import zlib
 from collections import Counter, deque
@@ -59,8 +57,8 @@ import anyio.abc
 from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 
 from bench import consumers
-from bench.common import RESULTS_DIR, log
-from bench.countproxy import CountingProxy, content_length, sqs_action
+from bench.common import log, write_results
+from bench.countproxy import ConnectionHooks, CountingProxy
 from bench.emulators import http_get
 from bench.measure import BODY_BYTES, Bench
 
@@ -329,6 +327,42 @@ def _chunked(data: bytes) -> tuple[bytes, int] | None:
         position += size + 2
 
 
+class _TimedConnection(ConnectionHooks):
+    """One connection of the timing proxy: its requests still waiting for an answer, and the reader of the
+    answers. One connection carries one request at a time (the SDKs do not pipeline): each answer belongs to
+    the oldest request still waiting for one."""
+
+    def __init__(self, proxy: TimingProxy) -> None:
+        self.proxy = proxy
+        self.waiting: deque[tuple[str, bytes]] = deque()
+        #: None once an answer could not be read: this connection is only piped from then on.
+        self.reader: ResponseReader | None = ResponseReader()
+
+    def request(self, action: str, body: bytes) -> None:
+        """Remember the request until its answer."""
+        self.waiting.append((action, body))
+
+    def response(self, chunk: bytes, at: float) -> None:
+        """Read each whole answer once its last byte has gone (``at``: stamped just before that write)."""
+        if self.reader is None:
+            return
+        try:
+            answers = self.reader.feed(chunk)
+        except ValueError:
+            self.proxy.unreadable += 1
+            self.reader = None
+            return
+        for status, body in answers:
+            if 100 <= status < 200:
+                continue
+            if not self.waiting:
+                self.proxy.unreadable += 1
+                continue
+            action, request = self.waiting.popleft()
+            if status == 200:
+                self.proxy.answered(action, request, body, at)
+
+
 class TimingProxy(CountingProxy):
     """The counting proxy, also reading the answers to ReceiveMessage and DeleteMessage(Batch) of the JSON
     protocol: when each message was first received (and its SentTimestamp) and when its delete was
@@ -344,79 +378,9 @@ class TimingProxy(CountingProxy):
         self.unreadable = 0
         self._receipts: dict[str, str] = {}
 
-    async def _connection(self, client: anyio.abc.SocketStream) -> None:
-        # One connection carries one request at a time (the SDKs do not pipeline): each answer belongs to the
-        # oldest request still waiting for one.
-        waiting: deque[tuple[str, bytes]] = deque()
-        async with client:
-            try:
-                upstream = await anyio.connect_tcp(self.host, self.port)
-            except OSError:
-                return
-            async with upstream, anyio.create_task_group() as tg:
-                tg.start_soon(self._answers, upstream, client, waiting, tg.cancel_scope)
-                await self._timed_requests(client, upstream, waiting)
-                tg.cancel_scope.cancel()
-
-    async def _timed_requests(
-        self,
-        client: anyio.abc.SocketStream,
-        upstream: anyio.abc.SocketStream,
-        waiting: deque[tuple[str, bytes]],
-    ) -> None:
-        """Like the counting proxy's: parse each request far enough to count it, remember it, forward it."""
-        buffer = b""
-        try:
-            while True:
-                while b"\r\n\r\n" not in buffer:
-                    buffer += await client.receive()
-                head, _, buffer = buffer.partition(b"\r\n\r\n")
-                length = content_length(head)
-                while len(buffer) < length:
-                    buffer += await client.receive()
-                body, buffer = buffer[:length], buffer[length:]
-                action = sqs_action(head, body)
-                self.counts[action] += 1
-                waiting.append((action, body))
-                await upstream.send(head + b"\r\n\r\n" + body)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ValueError):
-            return
-
-    async def _answers(
-        self,
-        upstream: anyio.abc.SocketStream,
-        client: anyio.abc.SocketStream,
-        waiting: deque[tuple[str, bytes]],
-        scope: anyio.CancelScope,
-    ) -> None:
-        """Pass the emulator's answers back untouched; read each whole one once its last byte has gone."""
-        reader: ResponseReader | None = ResponseReader()
-        try:
-            async for chunk in upstream:
-                # Stamped just before the write: anyio's send yields to the event loop after writing, and
-                # other tasks (the producer's senders) could run before a stamp taken after it.
-                now = time.time()
-                await client.send(chunk)
-                if reader is None:
-                    continue
-                try:
-                    answers = reader.feed(chunk)
-                except ValueError:
-                    self.unreadable += 1
-                    reader = None  # this connection is only piped from now on
-                    continue
-                for status, body in answers:
-                    if 100 <= status < 200:
-                        continue
-                    if not waiting:
-                        self.unreadable += 1
-                        continue
-                    action, request = waiting.popleft()
-                    if status == 200:
-                        self.answered(action, request, body, now)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass
-        scope.cancel()
+    def hooks(self) -> ConnectionHooks:
+        """A new connection's reader of the answers."""
+        return _TimedConnection(self)
 
     def answered(self, action: str, request: bytes, body: bytes, now: float) -> None:
         """Record what a successful answer says about the messages."""
@@ -863,23 +827,12 @@ def table(results: Mapping[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the open-loop latency bench, print the table, write the JSON."""
-    from bench.emulators import emulator
+    from bench.emulators import run_on_emulator
 
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="worker-openloop-"))
-    try:
-        with emulator(args.emulator, args.endpoint, workdir) as (endpoint, description, pid):
-            log(f"emulator: {description}; consumers {', '.join(args.consumers)}, levels {args.levels}")
-            results = anyio.run(_main, args, endpoint, description, pid, workdir)
-    finally:
-        if args.keep_workdir:
-            log(f"logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    stamp = f"{datetime.now(UTC):%Y-%m-%dT%H%M%S}"
-    output = Path(args.output) if args.output else RESULTS_DIR / f"openloop-{stamp}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    detail = f"consumers {', '.join(args.consumers)}, levels {args.levels}"
+    results = run_on_emulator(args, _main, "openloop-", detail)
+    output = write_results(results, args.output, "openloop-")
     print(
         f"\n{results['emulator_version']}, P={args.pollers}, wait {args.wait} s, "
         f"{args.seconds:g} s per level\n"

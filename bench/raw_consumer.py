@@ -62,62 +62,56 @@ def handler_named(name: str) -> Handler:
     raise SystemExit(f"unknown handler {name!r}")
 
 
+async def receive_handled(
+    client: Any, url: str, wait: int, visibility: int, handler: Handler
+) -> list[dict[str, Any]]:
+    """One ReceiveMessage (10, every attribute) and the handler on every message it brought, at once."""
+    response = await client.receive_message(
+        QueueUrl=url,
+        MaxNumberOfMessages=10,
+        WaitTimeSeconds=wait,
+        VisibilityTimeout=visibility,
+        MessageSystemAttributeNames=["All"],
+        MessageAttributeNames=["All"],
+    )
+    entries: list[dict[str, Any]] = response.get("Messages", [])
+    if entries and handler is not None:
+        await asyncio.gather(*(handler(entry) for entry in entries))
+    return entries
+
+
+async def delete_batch(client: Any, url: str, entries: list[dict[str, Any]], done: list[int]) -> None:
+    """One DeleteMessageBatch of ``entries``; counted in ``done`` once it answered."""
+    await client.delete_message_batch(
+        QueueUrl=url,
+        Entries=[{"Id": str(i), "ReceiptHandle": e["ReceiptHandle"]} for i, e in enumerate(entries)],
+    )
+    done[0] += len(entries)
+
+
 async def poller(
     client: Any, url: str, wait: int, visibility: int, handler: Handler, done: list[int]
 ) -> None:
     """Receive, handle, delete, until cancelled."""
     while True:
-        response = await client.receive_message(
-            QueueUrl=url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=wait,
-            VisibilityTimeout=visibility,
-            MessageSystemAttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        )
-        entries = response.get("Messages", [])
-        if not entries:
-            continue
-        if handler is not None:
-            await asyncio.gather(*(handler(entry) for entry in entries))
-        await client.delete_message_batch(
-            QueueUrl=url,
-            Entries=[{"Id": str(i), "ReceiptHandle": e["ReceiptHandle"]} for i, e in enumerate(entries)],
-        )
-        done[0] += len(entries)
+        entries = await receive_handled(client, url, wait, visibility, handler)
+        if entries:
+            await delete_batch(client, url, entries, done)
 
 
 async def pipelined_poller(
     client: Any, url: str, wait: int, visibility: int, handler: Handler, done: list[int]
 ) -> None:
     """Receive, handle, start the delete and receive again while it is in flight, until cancelled."""
-
-    async def delete(entries: list[dict[str, Any]]) -> None:
-        await client.delete_message_batch(
-            QueueUrl=url,
-            Entries=[{"Id": str(i), "ReceiptHandle": e["ReceiptHandle"]} for i, e in enumerate(entries)],
-        )
-        done[0] += len(entries)
-
     deleting: asyncio.Future[None] | None = None
     try:
         while True:
-            response = await client.receive_message(
-                QueueUrl=url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=wait,
-                VisibilityTimeout=visibility,
-                MessageSystemAttributeNames=["All"],
-                MessageAttributeNames=["All"],
-            )
-            entries = response.get("Messages", [])
+            entries = await receive_handled(client, url, wait, visibility, handler)
             if not entries:
                 continue
-            if handler is not None:
-                await asyncio.gather(*(handler(entry) for entry in entries))
             if deleting is not None:
                 await deleting
-            deleting = asyncio.ensure_future(delete(entries))
+            deleting = asyncio.ensure_future(delete_batch(client, url, entries, done))
     finally:
         if deleting is not None and not deleting.done():
             deleting.cancel()

@@ -419,64 +419,54 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     raws = ", ".join(chosen["raw_variants"]) or "none ran"
     best, cheapest = chosen["sqs_consumer_best_noop"], chosen["sqs_consumer_lowest_cpu_noop"]
     io_best = chosen["sqs_consumer_best_sleep50"]
-    rows: list[dict[str, Any]] = []
-    for w in WORKERS:
-        if w not in results["consumers"]:
-            continue
-        k = w.replace("-", "_")
-        checks: list[tuple[str, Stat, float, bool]] = [
-            (
-                f"T1: no-op at steady state >= 0.95 x the best raw variant of each round ({raws})",
-                _stat(r, f"{k}_vs_best_raw_steady_noop"),
-                0.95,
-                True,
-            ),
-            (
-                f"T1: no-op from process start >= 0.95 x the best raw variant of each round ({raws})",
-                _stat(r, f"{k}_vs_best_raw_from_start_noop"),
-                0.95,
-                True,
-            ),
-            ("T2: CPU per 1k messages <= 1.0 x raw's", _stat(r, f"{k}_vs_raw_cpu_noop"), 1.0, False),
-            (
-                f"T2: CPU per 1k messages <= 1.0 x the best raw variant's of each round ({raws})",
-                _stat(r, f"{k}_vs_best_raw_cpu_noop"),
-                1.0,
-                False,
-            ),
-            (
-                f"T2: CPU per 1k messages <= 0.8 x sqs-consumer's lowest-CPU configuration ({cheapest})",
-                _stat(r, f"{k}_vs_sqs_consumer_lowest_cpu_noop"),
-                0.8,
-                False,
-            ),
-            (
-                f"T3: no-op at steady state >= {noop_floor} x sqs-consumer's best instance count ({best}) "
-                f"on {emulator}",
-                _stat(r, f"{k}_vs_sqs_consumer_best_steady_noop"),
-                noop_floor,
-                True,
-            ),
-            (
-                f"T3: 50 ms handler at steady state, same total concurrency "
-                f"({results.get('io_concurrency')}): >= 1.5 x sqs-consumer's best ({io_best})",
-                _stat(r, f"{k}_vs_sqs_consumer_best_steady_sleep50"),
-                1.5,
-                True,
-            ),
-            (
-                f"T3: 50 ms handler at steady state >= 4 x {SQS_CONSUMER_DEFAULT}'s "
-                "(1 instance, its defaults)",
-                _stat(r, f"{k}_vs_sqs_consumer_default_steady_sleep50"),
-                4.0,
-                True,
-            ),
-        ]
-        rows.extend(
-            _verdict(f"{w}: {name}", value, threshold, at_least)
-            for name, value, threshold, at_least in checks
-        )
-    return rows
+    best_raw = f"the best raw variant of each round ({raws})"
+    # (target, the ratio's key after "<worker>_vs_", threshold, at least): the same for every worker variant.
+    checks = [
+        (f"T1: no-op at steady state >= 0.95 x {best_raw}", "best_raw_steady_noop", 0.95, True),
+        (f"T1: no-op from process start >= 0.95 x {best_raw}", "best_raw_from_start_noop", 0.95, True),
+        ("T2: CPU per 1k messages <= 1.0 x raw's", "raw_cpu_noop", 1.0, False),
+        (
+            f"T2: CPU per 1k messages <= 1.0 x the best raw variant's of each round ({raws})",
+            "best_raw_cpu_noop",
+            1.0,
+            False,
+        ),
+        (
+            f"T2: CPU per 1k messages <= 0.8 x sqs-consumer's lowest-CPU configuration ({cheapest})",
+            "sqs_consumer_lowest_cpu_noop",
+            0.8,
+            False,
+        ),
+        (
+            f"T3: no-op at steady state >= {noop_floor} x sqs-consumer's best instance count ({best}) "
+            f"on {emulator}",
+            "sqs_consumer_best_steady_noop",
+            noop_floor,
+            True,
+        ),
+        (
+            f"T3: 50 ms handler at steady state, same total concurrency "
+            f"({results.get('io_concurrency')}): >= 1.5 x sqs-consumer's best ({io_best})",
+            "sqs_consumer_best_steady_sleep50",
+            1.5,
+            True,
+        ),
+        (
+            f"T3: 50 ms handler at steady state >= 4 x {SQS_CONSUMER_DEFAULT}'s (1 instance, its defaults)",
+            "sqs_consumer_default_steady_sleep50",
+            4.0,
+            True,
+        ),
+    ]
+    return [_target(r, w, *check) for w in WORKERS if w in results["consumers"] for check in checks]
+
+
+def _target(
+    ratios: dict[str, Any], worker: str, target: str, ratio: str, threshold: float, at_least: bool
+) -> dict[str, Any]:
+    """The verdict of one of issue 15's targets for ``worker``: its ratio ``<worker>_vs_<ratio>``."""
+    key = f"{worker.replace('-', '_')}_vs_{ratio}"
+    return _verdict(f"{worker}: {target}", _stat(ratios, key), threshold, at_least)
 
 
 def table(results: dict[str, Any]) -> str:

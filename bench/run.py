@@ -37,9 +37,7 @@ import math
 import os
 import platform
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -49,8 +47,8 @@ from typing import Any
 import anyio
 
 from bench import consumers, lifecycle, report
-from bench.common import BENCH_DIR, RESULTS_DIR, ROOT, log
-from bench.emulators import emulator, http_get, sealed_aws_env
+from bench.common import BENCH_DIR, ROOT, log, write_results
+from bench.emulators import http_get, run_on_emulator, sealed_aws_env
 from bench.measure import Bench
 from bench.process import CPU_FIGURES_FROM
 from bench.soak import soak
@@ -423,19 +421,9 @@ async def peer_versions(python: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON."""
     args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="worker-bench-"))
-    try:
-        with emulator(args.emulator, args.endpoint, workdir) as (endpoint, description, pid):
-            log(f"emulator: {description}; N={args.messages}, P={args.pollers}, {os.cpu_count()} cores")
-            results = anyio.run(run, args, endpoint, description, pid, workdir)
-    finally:
-        if args.keep_workdir:
-            log(f"logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    output = Path(args.output) if args.output else RESULTS_DIR / f"{datetime.now(UTC):%Y-%m-%dT%H%M%S}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    detail = f"N={args.messages}, P={args.pollers}, {os.cpu_count()} cores"
+    results = run_on_emulator(args, run, "", detail)
+    output = write_results(results, args.output, "")
     if "throughput" in results:
         print(
             f"\n{results['emulator']}, N={results['n']} (50 ms handler: {results['io_n']}), "

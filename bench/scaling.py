@@ -17,15 +17,12 @@ PNG, run with the Python of the peers' virtualenv (matplotlib), which this runs 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR, ROOT, log
+from bench.common import ROOT, log, write_results
 from bench.plot import advice_lines, sizing_advice
 
 #: The handlers of the grid, by their time in ms (bench/handlers.py).
@@ -431,27 +428,13 @@ def plot(args: argparse.Namespace, output: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the grid, write the JSON, print the advice, draw the plot."""
-    import anyio
-
-    from bench.emulators import emulator
+    from bench.emulators import run_on_emulator
 
     args = parse_args(argv)
     if args.dry_run:
         return dry_run(args)
-    workdir = Path(tempfile.mkdtemp(prefix="worker-scaling-"))
-    try:
-        with emulator(args.emulator, args.endpoint, workdir) as (endpoint, description, pid):
-            log(f"emulator: {description}; {os.cpu_count()} cores")
-            results = anyio.run(run, args, endpoint, description, pid, workdir)
-    finally:
-        if args.keep_workdir:
-            log(f"logs kept in {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    stamp = f"{datetime.now(UTC):%Y-%m-%dT%H%M%S}"
-    output = Path(args.output) if args.output else RESULTS_DIR / f"scaling-{stamp}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    results = run_on_emulator(args, run, "scaling-", f"{os.cpu_count()} cores")
+    output = write_results(results, args.output, "scaling-")
     print(
         f"{results['emulator']}, {len(results['cells'])} cells in {results['wall_s'] / 60:.0f} min "
         f"(estimated {results['estimated_wall_s'] / 60:.0f})\n"

@@ -3,7 +3,10 @@ arithmetic."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +16,13 @@ import anyio
 import anyio.abc
 import pytest
 
+from bench import common as bench_common
 from bench import consumers as bench_consumers
 from bench import report, stats
-from bench.common import BENCH_DIR
+from bench.common import BENCH_DIR, write_results
 from bench.consumers import Launch
 from bench.countproxy import CountingProxy, sqs_action
+from bench.emulators import run_on_emulator
 from bench.measure import Sample, body, percentile, steady_rate
 from bench.run import parse_args, round_orders
 from tests.test_deploy_support import npm_installed, require
@@ -258,6 +263,63 @@ async def test_counting_proxy_counts_each_request_of_a_kept_alive_connection() -
             tg.cancel_scope.cancel()
     assert seen == [request + request]
     assert proxy.snapshot() == {"ReceiveMessage": 2}
+
+
+def test_results_go_under_a_dated_name_with_the_prefix_unless_an_output_is_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_results names the file <prefix><UTC date>.json in RESULTS_DIR, or writes exactly --output."""
+    monkeypatch.setattr(bench_common, "RESULTS_DIR", tmp_path / "results")
+    results = {"emulator": "x", "n": 3}
+    for prefix in ("", "openloop-", "scaling-"):
+        path = write_results(results, None, prefix)
+        assert path.parent == tmp_path / "results"
+        assert re.fullmatch(re.escape(prefix) + r"\d{4}-\d\d-\d\dT\d{6}\.json", path.name), path.name
+        assert json.loads(path.read_text()) == results
+    given = tmp_path / "deep" / "er" / "run.json"
+    assert write_results(results, str(given), "openloop-") == given
+    assert json.loads(given.read_text()) == results
+
+
+def test_run_on_emulator_runs_the_entry_in_a_workdir_it_removes_unless_kept() -> None:
+    """With --endpoint no emulator starts: the entry gets it, no pid and a fresh worker-<prefix> workdir,
+    removed afterwards (also when the entry fails) unless --keep-workdir."""
+    seen: list[tuple[str, str, int | None, Path, bool]] = []
+
+    async def entry(
+        args: argparse.Namespace, endpoint: str, description: str, pid: int | None, workdir: Path
+    ) -> dict[str, Any]:
+        seen.append((endpoint, description, pid, workdir, workdir.is_dir()))  # noqa: ASYNC240 - a test
+        if args.fail:
+            raise RuntimeError("entry failed")
+        return {"endpoint": endpoint}
+
+    def args(keep: bool, fail: bool = False) -> argparse.Namespace:
+        endpoint = "http://127.0.0.1:9"
+        return argparse.Namespace(emulator="localstack", endpoint=endpoint, keep_workdir=keep, fail=fail)
+
+    assert run_on_emulator(args(keep=False), entry, "", "detail") == {"endpoint": "http://127.0.0.1:9"}
+    endpoint, description, pid, workdir, existed = seen[-1]
+    assert (endpoint, description, pid, existed) == (
+        "http://127.0.0.1:9",
+        "existing endpoint http://127.0.0.1:9",
+        None,
+        True,
+    )
+    assert workdir.name.startswith("worker-bench-")
+    assert not workdir.exists()
+    with pytest.raises(RuntimeError, match="entry failed"):
+        run_on_emulator(args(keep=False, fail=True), entry, "openloop-")
+    assert seen[-1][3].name.startswith("worker-openloop-")
+    assert not seen[-1][3].exists()
+    run_on_emulator(args(keep=True), entry, "scaling-")
+    kept = seen[-1][3]
+    try:
+        assert kept.name.startswith("worker-scaling-")
+        assert kept.is_dir()
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
+    assert [s[4] for s in seen] == [True, True, True]
 
 
 def _drain(consumer: str, handler: str, rates: list[float], cpus: list[float]) -> dict[str, Any]:
