@@ -91,7 +91,8 @@ soak: $(STAMP) localstack-venv
 	status=$$?; $(BIN)/python tools/reliability_doc.py || [ $$status -ne 0 ] || status=1; exit $$status
 
 # The whole performance evidence of the commit checked out (docs/PERFORMANCE.md, about 2.5 hours on 2 cores): the
-# comparison on LocalStack and on fauxqs, open-loop latency, the scaling grid and its plot; then bench.publish
+# comparison on LocalStack and on fauxqs, open-loop latency, the scaling grid and its plot, the worker's own CPU
+# per message on an in-process SQS stub (ENGINE_ARGS="--baseline DIR" compares an older tree); then bench.publish
 # rewrites the page's results section from these files only (copied into docs/bench-results/) and refuses a
 # dirty tree. `make bench-compare` is the LocalStack comparison alone (BENCH_ARGS: e.g. --quick, --consumers).
 BENCH_SHA = $(shell git rev-parse --short=7 HEAD)
@@ -103,9 +104,10 @@ bench: $(STAMP) localstack-venv bench-deps bench-peers
 	$(BIN)/python -m bench --soak --output $(BENCH_OUT)-soak.json
 	$(BIN)/python -m bench.scaling $(SCALING_ARGS) --output $(BENCH_OUT)-scaling.json \
 		--plot docs/img/scaling-$(BENCH_SHA).png
+	$(BIN)/python -m bench.engine_cpu $(ENGINE_ARGS) --output $(BENCH_OUT)-engine.json
 	$(BIN)/python -m bench.publish --main $(BENCH_OUT)-localstack.json --fauxqs $(BENCH_OUT)-fauxqs.json \
 		--openloop $(BENCH_OUT)-openloop.json --soak $(BENCH_OUT)-soak.json --scaling $(BENCH_OUT)-scaling.json \
-		--plot docs/img/scaling-$(BENCH_SHA).png
+		--engine $(BENCH_OUT)-engine.json --plot docs/img/scaling-$(BENCH_SHA).png
 
 bench-compare: $(STAMP) localstack-venv bench-deps bench-peers
 	$(BIN)/python -m bench $(BENCH_ARGS)

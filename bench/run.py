@@ -394,12 +394,13 @@ def python_versions() -> dict[str, str]:
     return out
 
 
-def git_state() -> dict[str, Any]:
-    """The commit this ran on, whether the tree had changes (untracked files included) and which."""
+def git_state(tree: Path = ROOT) -> dict[str, Any]:
+    """The commit ``tree`` (this one by default) is at, whether it has changes (untracked files included) and
+    which."""
     import subprocess
 
     def git(*argv: str) -> str:
-        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False)
+        done = subprocess.run(["git", *argv], cwd=tree, capture_output=True, text=True, check=False)
         return done.stdout.rstrip()
 
     # Each line is "XY path": the status columns may start with a space, so the lines are not stripped.

@@ -568,3 +568,14 @@ def test_the_from_start_reference_is_found_between_samples() -> None:
     ]
     assert crossing(samples, 1000, 500) == 1.75
     assert crossing(samples, 1000, 700) is None
+
+
+def test_engine_cpu_round_drains_the_stub_queue_and_measures_cpu_per_message() -> None:
+    """bench.engine_cpu runs `worker run` on the in-process SQS stub in a fresh interpreter: every message is
+    handled and deleted, and the CPU per message it reports is positive and plausible (not 0, not seconds)."""
+    from bench.engine_cpu import run_tree
+
+    result = run_tree(BENCH_DIR.parent, 3000)
+    assert result["deleted"] == 3000
+    assert 0.005 < result["cpu_ms_per_msg"] < 5.0
+    assert result["msgs_per_s"] > 0

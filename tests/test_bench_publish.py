@@ -128,3 +128,41 @@ def test_sizing_advice_is_shown_as_its_sentences(tmp_path: Path) -> None:
     grid.write_text(json.dumps({**_doc(), "advice": advice}))
     publish.main(["--main", str(main), "--scaling", str(grid), "--page", str(page), "--store", str(tmp_path)])
     assert "- no-op handler: WORKER_POLLERS=2 WORKER_CONCURRENCY=100\n" in page.read_text()
+
+
+def test_an_engine_run_shows_each_tree_and_the_ratio_to_its_baseline(tmp_path: Path) -> None:
+    """A bench.engine_cpu run is its own section: each tree's CPU per message with its interval and commit,
+    and the paired ratio to the baseline, from the JSON kept under an engine-stub name."""
+    from bench.engine_cpu import summarize
+
+    runs = {
+        "this": [{"cpu_ms_per_msg": v, "msgs_per_s": 9000.0} for v in (0.090, 0.092, 0.091)],
+        "baseline": [{"cpu_ms_per_msg": v, "msgs_per_s": 8000.0} for v in (0.110, 0.111, 0.109)],
+    }
+    engine = {
+        **_doc(),
+        "kind": "engine",
+        "emulator": "none: an in-process SQS stub",
+        "emulator_kind": "stub",
+        "messages": 20000,
+        "trees": {
+            "this": {"path": "/a", "git": {"sha": "a" * 40, "dirty": False}},
+            "baseline": {"path": "/b", "git": {"sha": "b" * 40, "dirty": False}},
+        },
+        "runs": runs,
+        "summary": summarize(runs),
+    }
+    page = tmp_path / "PERFORMANCE.md"
+    page.write_text("# Performance\n")
+    main_run, engine_run = tmp_path / "main.json", tmp_path / "engine.json"
+    main_run.write_text(json.dumps(_doc()))
+    engine_run.write_text(json.dumps(engine))
+    store = tmp_path / "bench-results"
+    argv = ["--main", str(main_run), "--engine", str(engine_run), "--page", str(page), "--store", str(store)]
+    assert publish.main(argv) == 0
+    text = page.read_text()
+    assert "### The worker's own CPU per message" in text
+    assert "| this | `aaaaaaa` | 0.0910 [0.0900-0.0920] | 9,000 |" in text
+    assert "| baseline | `bbbbbbb` | 0.1100 [0.1090-0.1110] | 8,000 |" in text
+    assert "this / baseline, CPU per message: 0.829 [0.818-0.835] (paired by round)" in text
+    assert (store / "2026-12-06-engine-stub-aaaaaaa.json").exists()

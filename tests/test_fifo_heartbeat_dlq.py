@@ -73,10 +73,12 @@ async def test_fifo_dead_letter_keeps_group_and_derives_dedup_id(sqs: Any, queue
 async def test_heartbeat_keeps_long_handler_message_from_second_consumer(
     sqs: Any, queues: QueueFactory
 ) -> None:
-    """A handler running 3x the visibility timeout keeps its message: no one else receives it; run once."""
-    # A 3 s lease (2 s left no margin for an extension under a loaded machine: moto answered late, the lease
-    # was lost and the message ran twice, as it must then).
-    q = await queues(visibility=3)
+    """A handler running over twice its lease keeps its message through extensions: nobody else gets it."""
+    # An extension is due when half the lease is left and given up with 1 s left: the event loop must get to
+    # it within half the lease less 1 s. A 3 s lease left 1 s, which a loaded machine (xdist workers and both
+    # emulators on 2 cores) sometimes missed: the lease was lost and the message ran twice, as it must then.
+    # A 6 s lease leaves 2 s.
+    q = await queues(visibility=6)
     key = unique("long")
     sink = Collecting()
     stolen: list[str] = []
@@ -86,12 +88,12 @@ async def test_heartbeat_keeps_long_handler_message_from_second_consumer(
             response = await sqs.receive_message(QueueUrl=q["url"], WaitTimeSeconds=1, VisibilityTimeout=1)
             stolen.extend(m["MessageId"] for m in response.get("Messages", []))
 
-    async with running_worker(q, sink=sink, visibility_timeout_seconds=3, timeout_seconds=20):
-        await send(sqs, q["url"], {"key": key, "sleep": 9})
+    async with running_worker(q, sink=sink, visibility_timeout_seconds=6, timeout_seconds=25):
+        await send(sqs, q["url"], {"key": key, "sleep": 13})
         await wait_for(lambda: handlers.CALLS[key] == 1, what="handler started")
         async with anyio.create_task_group() as tg:
             tg.start_soon(rival)
-            await wait_for(lambda: sink.outcomes, timeout=20, what="outcome")
+            await wait_for(lambda: sink.outcomes, timeout=25, what="outcome")
             tg.cancel_scope.cancel()
     assert stolen == []
     assert handlers.CALLS[key] == 1

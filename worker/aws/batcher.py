@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskStatus
 
+from worker import clock
 from worker.aws.client import CALL_ERRORS, error_code
 from worker.backoff import Backoff
 from worker.limits import SQS_BATCH_MAX
@@ -110,7 +111,7 @@ class Batcher:
             raise anyio.ClosedResourceError
         batch = self._open
         if batch is None:
-            batch = self._open = _Batch(anyio.current_time())
+            batch = self._open = _Batch(clock.now())
             self._opened.set()
         index = len(batch.entries)
         batch.entries.append(entry)

@@ -149,6 +149,12 @@ class Breakers:
     def __init__(self, config: BreakerConfig) -> None:
         self.config = config
         self._breakers: dict[str, _Breaker] = {}
+        #: What a message with no route is covered by (every breaker known), rebuilt when a breaker is added,
+        #: and its admission while every breaker is CLOSED (the common case: no work per message then).
+        self._unrouted: tuple[str, ...] = (DEFAULT_DEPENDENCY,)
+        self._unrouted_admission = Admission(dependencies=self._unrouted, probes=())
+        #: Names of the breakers that are not CLOSED (OPEN or HALF_OPEN).
+        self._unsettled: set[str] = set()
         self._pending: list[Transition] = []
 
     # --- admission ----------------------------------------------------------------------------------------
@@ -163,6 +169,8 @@ class Breakers:
         HALF_OPEN breaker. A denial takes nothing.
         """
         self._advance(now)
+        if dependencies is None and not self._unsettled:
+            return self._unrouted_admission
         names = self._covered(dependencies)
         denied: Denied | None = None
         probes: list[_Breaker] = []
@@ -191,7 +199,7 @@ class Breakers:
 
     def _covered(self, dependencies: Iterable[str] | None) -> tuple[str, ...]:
         if dependencies is None:
-            return tuple(sorted({DEFAULT_DEPENDENCY, *self._breakers}))
+            return self._unrouted
         if isinstance(dependencies, str):  # a route that returned one name, not an iterable of names
             dependencies = (dependencies,)
         names = {DEFAULT_DEPENDENCY}
@@ -313,9 +321,13 @@ class Breakers:
         breaker = self._breakers.get(name)
         if breaker is None:
             breaker = self._breakers[name] = _Breaker(name, self.config)
+            self._unrouted = tuple(sorted({DEFAULT_DEPENDENCY, *self._breakers}))
+            self._unrouted_admission = Admission(dependencies=self._unrouted, probes=())
         return breaker
 
     def _advance(self, now: float) -> None:
+        if not self._unsettled:
+            return  # every breaker is CLOSED: nothing can go half-open
         for breaker in self._breakers.values():
             if breaker.state is State.OPEN and now >= breaker.opened_until:
                 breaker.state = State.HALF_OPEN
@@ -327,6 +339,7 @@ class Breakers:
         self, breaker: _Breaker, now: float, calls: int, failures: int, reason: str, before: State
     ) -> None:
         breaker.state = State.OPEN
+        self._unsettled.add(breaker.name)
         breaker.opened_until = now + self.config.open_seconds
         breaker.window.clear()
         breaker.last_calls, breaker.last_failures = calls, failures
@@ -334,6 +347,7 @@ class Breakers:
 
     def _close(self, breaker: _Breaker, now: float) -> None:
         breaker.state = State.CLOSED
+        self._unsettled.discard(breaker.name)
         breaker.window.clear()  # empty already (cleared on opening, nothing added since): said, not relied on
         successes = breaker.probe_successes
         breaker.probes_out = breaker.probe_successes = breaker.probe_failures = 0

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from worker import clock
 from worker.engine.breaker import DEFAULT_DEPENDENCY, Admission, Breakers, Denied, State, Transition
 from worker.engine.handler import import_callable
 from worker.engine.message import Message
@@ -98,8 +99,9 @@ class BreakerGate:
     def admit(self, message: Message) -> Admission | Denied:
         """May ``message`` run now? A denial says for how long its dependency stays closed to it."""
         dependencies = self._dependencies(message)
-        verdict = self.breakers.admit(dependencies, anyio.current_time())
-        self._report(self.breakers.tick(anyio.current_time()))
+        now = clock.now()
+        verdict = self.breakers.admit(dependencies, now)
+        self._report(self.breakers.tick(now))
         return verdict
 
     def record(
@@ -114,7 +116,7 @@ class BreakerGate:
         cycles, so a message that keeps failing them (a poison message raising a plain exception) still
         reaches the DLQ instead of cycling for ever.
         """
-        now = anyio.current_time()
+        now = clock.now()
         if outcome is HandlerResult.SUCCESS:
             self._report(self.breakers.succeeded(admission, now))
             return None

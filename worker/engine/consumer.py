@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
+from worker import clock
 from worker.aws.client import CALL_ERRORS, error_code
 from worker.aws.queues import receive
 from worker.backoff import Backoff
@@ -245,7 +246,7 @@ class Consumer:
                 first=first,
             )
             first = False
-            sent = anyio.current_time()
+            sent = clock.now()
             self.health.poll_begun(index, sent + plan.wait + POLL_OVERDUE_MARGIN)
             opened = object()
             self._open[opened] = sent + plan.wait  # until it answers, or until its wait ends if cancelled

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
+from worker import clock
 from worker.engine import policy
 from worker.engine.failure import PermanentTypes, classify
 from worker.engine.message import Message
@@ -71,7 +72,7 @@ class Invoker:
         """Run ``enter()`` (the middleware entries) then ``call()`` under the handler's deadline."""
         started = time.perf_counter()
         try:
-            with anyio.move_on_after(self.timeout) as scope:
+            with anyio.CancelScope(deadline=clock.now() + self.timeout) as scope:
                 if enter is not None:
                     await enter()
                 response = await call()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import anyio
 from anyio.abc import TaskStatus
 
+from worker import clock
 from worker.aws.batcher import Batcher
 from worker.engine.policy import visibility_cap
 from worker.telemetry.metrics import Metrics
@@ -46,14 +47,14 @@ class Lease:
 
     def held(self, now: float | None = None) -> bool:
         """True while the message is still ours to delete or release."""
-        current = anyio.current_time() if now is None else now
+        current = clock.now() if now is None else now
         if current >= self.deadline - SAFETY_MARGIN:
             self.lost = True
         return not self.lost
 
     def age(self, now: float | None = None) -> float:
         """Seconds since the receive."""
-        return (anyio.current_time() if now is None else now) - self.received_at
+        return (clock.now() if now is None else now) - self.received_at
 
 
 class Heartbeats:

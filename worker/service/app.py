@@ -97,7 +97,8 @@ async def run_worker(
     handler = load(settings.handler)
     middleware = load_middleware(settings.middleware)
     pool = pollers_bound(settings.concurrency, settings.pollers) + min(settings.concurrency, 100) + 10
-    config = client_config(read_timeout=settings.wait_time_seconds + 15, pool=pool)
+    # Every request of this client is built here, and SQS validates them all: no client-side validation.
+    config = client_config(read_timeout=settings.wait_time_seconds + 15, pool=pool, validate=False)
     async with AsyncExitStack() as stack, create_client("sqs", config) as client:
         info = await inspect_queue(client, settings)
         health.poll_succeeded()  # SQS just answered: ready without waiting for the first long poll to return

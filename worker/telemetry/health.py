@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from worker import clock
+
 
 @dataclass(slots=True)
 class Health:
@@ -36,7 +38,7 @@ class Health:
 
     def turned(self) -> None:
         """The poll loop went round (a failed poll counts: an outage must not get the process killed)."""
-        self.last_turn = anyio.current_time()
+        self.last_turn = clock.now()
 
     def poll_succeeded(self) -> None:
         """A ReceiveMessage answered."""
