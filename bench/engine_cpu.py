@@ -30,8 +30,9 @@ from typing import Any
 import anyio
 from anyio.lowlevel import checkpoint
 
-from bench import stats
-from bench.common import ROOT, log, write_results
+# A round runs this file in a fresh interpreter, the measured tree first on the path, whose `bench` package
+# may be older than this one: nothing here imports from `bench` at module level (main() does, in this tree).
+ROOT = Path(__file__).resolve().parent.parent
 
 QUEUE_URL = "http://127.0.0.1:1/000000000000/engine-cpu"
 DLQ_URL = "http://127.0.0.1:1/000000000000/engine-cpu-dlq"
@@ -176,6 +177,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def summarize(runs: dict[str, list[dict[str, float]]]) -> dict[str, Any]:
     """Median and 95 % interval of each tree's CPU per message and rate; with a baseline, the ratio of each
     round's figures (this / baseline), paired by round."""
+    from bench import stats
+
     out: dict[str, Any] = {}
     for name, rounds in runs.items():
         cpu, cpu_ci = stats.summary([r["cpu_ms_per_msg"] for r in rounds], 4)
@@ -202,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.disable(logging.WARNING)
         print(json.dumps(one_round(args.messages)))
         return 0
+    from bench.common import log, write_results
     from bench.run import git_state, machine
 
     trees = {"this": ROOT} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
