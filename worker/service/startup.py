@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import anyio
 from botocore.exceptions import ClientError
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 
 log = logging.getLogger("worker.app")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,29 +44,39 @@ STARTUP_RETRY_SECONDS = 60.0
 STARTUP_BACKOFF = Backoff(base=0.5, cap=10.0)
 
 
-async def _queue_attributes(client: SQSClient, url: str, field: str) -> dict[str, str]:
-    """GetQueueAttributes(All); a missing queue or denied access is a ConfigError naming ``field``."""
+async def _answered(call: Callable[[], Awaitable[T]], refused: Callable[[str], str]) -> T:
+    """One start-up read: throttling, a 5xx or an unreachable endpoint is retried with backoff for
+    STARTUP_RETRY_SECONDS; any other error (wrong queue, denied access, a malformed ARN) is a ConfigError
+    saying ``refused(reason)``.
+    """
     with anyio.move_on_after(STARTUP_RETRY_SECONDS):
         for retry in itertools.count(1):
             try:
-                response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
-                return {str(name): value for name, value in response["Attributes"].items()}
+                return await call()
             except ClientError as exc:
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 400)
                 code = error_code(exc)
                 if status < 500 and "Throttl" not in code:  # wrong queue or access: say so now
-                    raise ConfigError(f"{env_name(field)}: cannot read the queue ({code})") from None
+                    raise ConfigError(refused(code)) from None
                 log.warning(
                     "SQS error at start-up; retrying",
-                    extra={"event": "startup_unreachable", "error": error_code(exc)},
+                    extra={"event": "startup_unreachable", "error": code},
                 )
             except CALL_ERRORS as exc:
                 log.warning(
                     "SQS unreachable at start-up; retrying",
                     extra={"event": "startup_unreachable", "error": error_code(exc)},
                 )
+            except ValueError as exc:  # a reference that names no queue (lookup_queue_url)
+                raise ConfigError(refused(str(exc))) from None
             await anyio.sleep(STARTUP_BACKOFF.delay(retry))
-    raise ConfigError(f"{env_name(field)}: SQS endpoint unreachable for {STARTUP_RETRY_SECONDS:.0f}s")
+    raise ConfigError(refused(f"SQS endpoint unreachable for {STARTUP_RETRY_SECONDS:.0f}s"))
+
+
+async def _queue_attributes(client: SQSClient, url: str, names: list[str]) -> dict[str, str]:
+    """GetQueueAttributes: the attributes asked for, as strings."""
+    response = await client.get_queue_attributes(QueueUrl=url, AttributeNames=cast(Any, names))
+    return {str(name): value for name, value in response["Attributes"].items()}
 
 
 def _warn_retention(settings: Settings, retention: str | None) -> None:
@@ -83,20 +95,24 @@ def _warn_retention(settings: Settings, retention: str | None) -> None:
 async def inspect_queue(client: SQSClient, settings: Settings) -> QueueInfo:
     """Check WORKER_PERMANENT_ERRORS; read the source queue's ARN and RedrivePolicy; resolve the DLQ; warn."""
     load_permanent_errors(settings.permanent_errors, env_name("permanent_errors"))
-    attrs = await _queue_attributes(client, settings.queue_url, "queue_url")
+    attrs = await _answered(
+        lambda: _queue_attributes(client, settings.queue_url, ["All"]),
+        lambda code: f"{env_name('queue_url')}: cannot read the queue ({code})",
+    )
     _warn_retention(settings, attrs.get("MessageRetentionPeriod"))
     policy = RedrivePolicy.parse(attrs.get("RedrivePolicy"))
     max_receive = policy.max_receive_count if policy else None
     dlq_url = settings.dlq_url
     found = False  # True once GetQueueUrl answered for the DLQ: it exists, no second read needed
     if dlq_url is None and policy is not None and policy.dead_letter_target_arn:
-        try:
-            dlq_url = await lookup_queue_url(client, policy.dead_letter_target_arn)
-        except CALL_ERRORS as exc:
-            raise ConfigError(
+        target = policy.dead_letter_target_arn
+        dlq_url = await _answered(
+            lambda: lookup_queue_url(client, target),
+            lambda code: (
                 f"{env_name('dlq_url')} is not set and the RedrivePolicy's dead-letter queue "
-                f"{queue_name(policy.dead_letter_target_arn)} cannot be read ({error_code(exc)})"
-            ) from None
+                f"{queue_name(target)} cannot be read ({code})"
+            ),
+        )
         found = True
         log.info(
             "using the RedrivePolicy's dead-letter queue",
@@ -118,11 +134,10 @@ async def inspect_queue(client: SQSClient, settings: Settings) -> QueueInfo:
             f"({settings.max_attempts}): the broker may dead-letter messages before the worker does",
             extra={"event": "redrive_policy_too_low"},
         )
-    try:
-        if not found:
-            await client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])
-    except CALL_ERRORS as exc:
-        raise ConfigError(
-            f"{env_name('dlq_url')}: cannot read the dead-letter queue ({error_code(exc)})"
-        ) from None
+    if not found:
+        checked = dlq_url
+        await _answered(
+            lambda: _queue_attributes(client, checked, ["QueueArn"]),
+            lambda code: f"{env_name('dlq_url')}: cannot read the dead-letter queue ({code})",
+        )
     return QueueInfo(arn=str(attrs["QueueArn"]), dlq_url=dlq_url)
