@@ -216,3 +216,30 @@ def test_a_drain_hides_what_it_hands_back_until_its_own_open_receives_have_ended
     assert handback_while_draining(open_until=100.0, now=103.0, wait=10) == 1
     assert handback_while_draining(open_until=103.2, now=103.0, wait=10) == 2
     assert handback_while_draining(open_until=150.0, now=103.0, wait=10) == 11
+
+
+@pytest.mark.localstack
+async def test_an_empty_receive_beside_a_held_message_does_not_make_the_worker_quiet(
+    sqs: Any, queues: QueueFactory, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One message waiting, its handler 4 s: receives come back empty while it runs, yet the worker is not
+    quiet (the permission check, 0.2 s of event loop, waits); it is once a receive finds nothing held."""
+    journal = tmp_path / "journal"
+    monkeypatch.setenv("TEST_JOURNAL", str(journal))
+    q = await queues()
+    key = unique("held")
+    await send_bodies(sqs, q["url"], [{"key": key, "sleep": 4}])
+    metrics = Metrics()
+    async with running_worker(q, metrics=metrics, concurrency=50) as worker:
+        await wait_for(lambda: read_journal(journal)["start"][key] == 1, timeout=10, what="handler started")
+        held_since = time.time()
+        await wait_for(
+            lambda: (_last_poll(metrics, q["url"]) or 0.0) > held_since,
+            timeout=3,
+            interval=0.01,
+            what="a receive answered (empty) while the message is held",
+        )
+        assert read_journal(journal)["done"][key] == 0, "the handler finished: nothing was held"
+        assert not worker.quiet.is_set()
+        await wait_for(lambda: read_journal(journal)["done"][key] == 1, timeout=10, what="handler done")
+        await wait_for(worker.quiet.is_set, timeout=10, what="quiet once nothing is held")

@@ -28,6 +28,15 @@ print(json.dumps({"code": code, "modules": loaded}))
 NOT_ON_THE_RUN_PATH = ("worker.devkit", "worker.ops", "worker.examples", "tools", "bench")
 
 
+#: The settings `worker run` needs, pointing at a port where nothing listens.
+RUN_SETTINGS = {
+    "WORKER_QUEUE_URL": "http://127.0.0.1:9/000000000000/jobs",
+    "WORKER_DLQ_URL": "http://127.0.0.1:9/000000000000/jobs-dlq",
+    "WORKER_HANDLER": "tests.handlers:scripted",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
 def _python(code: str, env: dict[str, str]) -> str:
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
@@ -44,12 +53,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 def test_worker_run_imports_no_operator_tools_devkit_or_examples() -> None:
     """Up to its event loop, `worker run` loads the service and engine and nothing of devkit/ops/examples."""
-    env = _clean_env(
-        WORKER_QUEUE_URL="http://127.0.0.1:9/000000000000/jobs",
-        WORKER_DLQ_URL="http://127.0.0.1:9/000000000000/jobs-dlq",
-        WORKER_HANDLER="tests.handlers:scripted",
-        AWS_DEFAULT_REGION="us-east-1",
-    )
+    env = _clean_env(**RUN_SETTINGS)
     report = json.loads(_python(RUN_UNTIL_LOOP, env).splitlines()[-1])
     assert report["code"] == 0
     modules = set(report["modules"])
@@ -72,3 +76,33 @@ def test_import_worker_loads_no_engine_and_every_public_name_still_resolves() ->
     assert FailureRecord.__module__ == "worker.deadletter.record"
     assert issubclass(RetryLater, worker.WorkerError)
     assert set(worker.__all__) <= set(dir(worker))
+
+
+#: Run in a fresh interpreter: `worker run` with run_worker replaced by one that starts at once (nothing
+#: connects anywhere), reporting the garbage collector's state during start-up and after.
+RUN_WITH_GC_REPORT = """
+import gc, json
+import anyio
+import worker.service.app as app
+seen = {}
+async def fake_run_worker(settings, *, task_status):
+    seen["during_start"] = gc.isenabled()
+    task_status.started(None)
+    await anyio.sleep(0)
+    seen["after_start"] = gc.isenabled()
+    seen["frozen"] = gc.get_freeze_count()
+app.run_worker = fake_run_worker
+from worker.cli import main
+code = main(["run"])
+print(json.dumps({"code": code, **seen}))
+"""
+
+
+def test_worker_run_collects_no_garbage_while_starting_and_freezes_what_start_up_built() -> None:
+    """`worker run` starts with garbage collection off, then freezes what start-up built and turns it on."""
+    env = _clean_env(**RUN_SETTINGS)
+    report = json.loads(_python(RUN_WITH_GC_REPORT, env).splitlines()[-1])
+    assert report["code"] == 0
+    assert report["during_start"] is False
+    assert report["after_start"] is True
+    assert report["frozen"] > 50_000  # the modules and settings start-up built, out of later collections

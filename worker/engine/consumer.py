@@ -99,7 +99,8 @@ class Consumer:
         metrics.abandoned_threads.labels(self.queue).set_function(lambda: threads.count)
         metrics.abandoned_threads_limit.labels(self.queue).set(threads.limit)
         self.stopping = anyio.Event()
-        #: Set by the first receive that comes back empty: the queue has been drained once.
+        #: Set by the first receive that comes back empty while no other receive is out and no message is
+        #: held: the queue was drained once (an empty short poll beside one that brought messages is not).
         self.quiet = anyio.Event()
         #: Most pollers, how many should run, and the indices of those running.
         self._bound = pollers_bound(settings.concurrency, settings.pollers)
@@ -284,7 +285,7 @@ class Consumer:
             entries = response.get("Messages", [])
             self.slots.release(wanted - len(entries))
             busy = bool(entries)
-            if not entries:
+            if not entries and not self.slots.used:
                 self.quiet.set()
             leave = self._resize(pollers, work, asked=wanted, got=len(entries))
             if entries:
