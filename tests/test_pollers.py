@@ -243,3 +243,14 @@ async def test_an_empty_receive_beside_a_held_message_does_not_make_the_worker_q
         assert not worker.quiet.is_set()
         await wait_for(lambda: read_journal(journal)["done"][key] == 1, timeout=10, what="handler done")
         await wait_for(worker.quiet.is_set, timeout=10, what="quiet once nothing is held")
+
+
+@pytest.mark.localstack
+async def test_an_idle_worker_with_fixed_pollers_becomes_quiet(sqs: Any, queues: QueueFactory) -> None:
+    """WORKER_POLLERS=3 on an empty queue: the others' parked long polls are always out, and a receive
+    coming back empty beside them still makes the worker quiet (the permission check runs then)."""
+    q = await queues()
+    metrics = Metrics()
+    async with running_worker(q, metrics=metrics, pollers=3) as worker:
+        assert _pollers(metrics, q["url"]) == 3
+        await wait_for(worker.quiet.is_set, timeout=10, what="quiet on the empty queue")

@@ -99,8 +99,9 @@ class Consumer:
         metrics.abandoned_threads.labels(self.queue).set_function(lambda: threads.count)
         metrics.abandoned_threads_limit.labels(self.queue).set(threads.limit)
         self.stopping = anyio.Event()
-        #: Set by the first receive that comes back empty while no other receive is out and no message is
-        #: held: the queue was drained once (an empty short poll beside one that brought messages is not).
+        #: Set by the first receive that comes back empty with no message held and no other receive out that
+        #: expects messages (a first receive, or one after a receive that brought some): the queue was
+        #: drained once. An empty first poll beside the one that brought the backlog is not that.
         self.quiet = anyio.Event()
         #: Most pollers, how many should run, and the indices of those running.
         self._bound = pollers_bound(settings.concurrency, settings.pollers)
@@ -116,6 +117,8 @@ class Consumer:
         #: Receives still open on SQS's side (in flight, or cancelled and not yet at the end of their wait):
         #: when each ends at the latest. What the drain hands back stays hidden until they have ended.
         self._open: dict[object, float] = {}
+        #: Receives not yet answered: the slots each reserved, and whether it expects messages.
+        self._asking: dict[object, tuple[int, bool]] = {}
         processor.receives_open_until = lambda: max(self._open.values(), default=0.0)
         #: What may hold the pollers before each receive: the breakers (when they pause receiving) and more.
         self.holds: list[ReceiveHold] = [processor.gate] if processor.gate is not None else []
@@ -246,6 +249,7 @@ class Consumer:
                 visibility=self.settings.visibility_timeout_seconds,
                 first=first,
             )
+            expecting = busy or first
             first = False
             sent = clock.now()
             self.health.poll_begun(index, sent + plan.wait + POLL_OVERDUE_MARGIN)
@@ -255,6 +259,7 @@ class Consumer:
             scope = anyio.CancelScope()
             if plan.parked:
                 self._parked.add(scope)
+            self._asking[opened] = (wanted, expecting)
             try:
                 with scope:
                     response = await receive(
@@ -275,6 +280,7 @@ class Consumer:
                 continue
             finally:
                 self._parked.discard(scope)
+                del self._asking[opened]
             self.health.poll_ended(index)
             if response is None:  # a parked receive cancelled by stop(): open on SQS's side until its wait
                 self.slots.release(wanted)
@@ -285,13 +291,18 @@ class Consumer:
             entries = response.get("Messages", [])
             self.slots.release(wanted - len(entries))
             busy = bool(entries)
-            if not entries and not self.slots.used:
+            if not entries and self._drained():
                 self.quiet.set()
             leave = self._resize(pollers, work, asked=wanted, got=len(entries))
             if entries:
                 await self._take(work, entries, sent, plan)
             if leave or self.stopping.is_set():
                 return
+
+    def _drained(self) -> bool:
+        """No message held, and no receive out that expects messages (idle pollers' receives aside)."""
+        reserved = sum(wanted for wanted, _ in self._asking.values())
+        return self.slots.used == reserved and not any(expecting for _, expecting in self._asking.values())
 
     def _answered(self, response: Any, failures: int) -> None:
         """Count a receive's SDK retries, log a recovery after ``failures``, mark the poll healthy."""
