@@ -57,7 +57,13 @@ class _BoundedServer(web.Server):
     ) -> None:
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
+        self.evicted = 0  # connections closed to make room under the cap
         self._open: dict[RequestHandler, None] = {}  # insertion order: oldest first
+
+    @property
+    def open_connections(self) -> int:
+        """Connections the server holds now."""
+        return len(self._open)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         """Track the connection; evict the oldest past the cap (it is the likeliest idle or stalled)."""
@@ -67,6 +73,7 @@ class _BoundedServer(web.Server):
             oldest = next(iter(self._open))
             del self._open[oldest]
             oldest.force_close()
+            self.evicted += 1
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         """Forget the connection."""
@@ -93,6 +100,17 @@ class HttpServer:
         self.health = health
         self.keepalive_seconds = keepalive_seconds
         self.max_connections = max_connections
+        self._server: _BoundedServer | None = None
+
+    @property
+    def open_connections(self) -> int:
+        """Connections held now (0 before it serves)."""
+        return self._server.open_connections if self._server else 0
+
+    @property
+    def evicted(self) -> int:
+        """Connections closed so far to stay under ``max_connections``."""
+        return self._server.evicted if self._server else 0
 
     async def serve(self, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled; report the bound port through ``task_status`` (useful with port 0).
@@ -100,7 +118,7 @@ class HttpServer:
         aiohttp runs each connection in a task of its own (not in our task group); ``runner.cleanup()``,
         shielded and bounded, closes the listening socket and ends them all.
         """
-        server = _BoundedServer(
+        self._server = server = _BoundedServer(
             self.handle,
             max_connections=self.max_connections,
             keepalive_timeout=self.keepalive_seconds,
