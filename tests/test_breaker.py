@@ -21,7 +21,7 @@ from worker.engine.breaker import (
     State,
     Transition,
 )
-from worker.engine.breaker_window import WINDOW_BUCKETS
+from worker.engine.breaker_window import WINDOW_BUCKETS, Window
 from worker.errors import WorkerError
 
 PROPS = settings(max_examples=200, deadline=None)
@@ -240,6 +240,35 @@ def test_late_transitions_from_admit_are_reported_once_by_the_next_call() -> Non
     reported = breakers.succeeded(probe, 31.0)
     assert [(t.reason, t.at) for t in reported] == [("open_elapsed", 10.0)]
     assert breakers.tick(31.0) == []
+
+
+def test_quiet_only_while_every_breaker_is_closed_and_every_change_was_reported() -> None:
+    """`quiet` (the gate's no-clock path) is False from a breaker's opening until its close is reported."""
+    breakers = Breakers(CONFIG)
+    assert breakers.quiet
+    assert breakers.admit(None, 0.0) is breakers.unrouted_admission
+    assert [t.after for t in trip(breakers, "db", 0.0)] == [State.OPEN]
+    assert not breakers.quiet
+    probes = [admitted(breakers.admit(["db"], 10.0)) for _ in range(CONFIG.half_open_calls)]
+    assert not breakers.quiet  # half-open now, and that change is not reported yet
+    reported = [t for probe in probes for t in breakers.succeeded(probe, 11.0)]
+    assert [t.after for t in reported] == [State.HALF_OPEN, State.CLOSED]
+    assert breakers.quiet
+    assert breakers.unrouted_admission.dependencies == ("db", DEFAULT_DEPENDENCY)
+
+
+def test_window_counts_calls_in_the_newest_bucket_and_prunes_when_a_new_one_opens() -> None:
+    """Calls in the newest bucket add to it; the first call of a later bucket drops the buckets aged out."""
+    window = Window(60.0)  # 1 s buckets
+    for now in (0.0, 0.5, 0.9):
+        window.add(now, failed=now == 0.5)
+    assert (len(window), window.calls, window.failures) == (1, 3, 1)
+    window.add(59.5, failed=False)  # bucket 59: bucket 0 is still in the window
+    assert (len(window), window.calls) == (2, 4)
+    window.add(60.0, failed=True)  # bucket 60: bucket 0 leaves
+    assert (len(window), window.calls, window.failures) == (2, 2, 1)
+    window.add(30.0, failed=False)  # out of order: joins the newest bucket, prunes nothing
+    assert (len(window), window.calls, window.failures) == (2, 3, 1)
 
 
 def test_window_memory_is_bounded_at_5000_messages_per_second() -> None:

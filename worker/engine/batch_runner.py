@@ -53,9 +53,10 @@ async def run_batch(
             processor.held -= 1
             release(1)
 
+    releases = processor.releases
     try:
-        if processor.draining:
-            await processor.give_back([m for m, _ in items], leases, processor.handback_seconds)
+        if releases.draining:
+            await releases.give_back([m for m, _ in items], leases, releases.handback_seconds)
             return
         live: list[int] = []
         for index, ((message, decode_error), lease) in enumerate(zip(items, leases, strict=True)):
@@ -71,7 +72,7 @@ async def run_batch(
         for index in left:
             processor.heartbeats.untrack(beats[index])
         with anyio.move_on_after(5, shield=True):
-            await processor.give_back([items[i][0] for i in left], [leases[i] for i in left], 0)
+            await releases.give_back([items[i][0] for i in left], [leases[i] for i in left], 0)
         raise
     finally:
         for index in sorted(held):
@@ -119,7 +120,7 @@ class _BatchRun:
                 if disposition is not None and not disposition.finished and disposition.give_back is not None:
                     delay = disposition.give_back
                 for i in behind:
-                    back = partial(self.processor.hand_back, self.messages[i], self.leases[i], delay)
+                    back = partial(self.processor.releases.hand_back, self.messages[i], self.leases[i], delay)
                     tg.start_soon(self._carry_out, back, i)
 
     def _admit(self, tg: TaskGroup, live: list[int]) -> dict[int, Admission]:
@@ -136,7 +137,7 @@ class _BatchRun:
             if isinstance(admitted, Denied):
                 self.blocker.setdefault(group, i)
                 back = partial(
-                    self.processor.breaker_hand_back,
+                    self.processor.releases.breaker_hand_back,
                     self.messages[i],
                     self.leases[i],
                     admitted.dependency,
@@ -189,9 +190,8 @@ class _BatchRun:
             reopened = self._record(held, share)
             if reopened is not None and not reopened.counts:
                 message, lease = self.messages[i], self.leases[i]
-                back = partial(
-                    self.processor.breaker_hand_back, message, lease, reopened.dependency, reopened.retry_in
-                )
+                hand_back = self.processor.releases.breaker_hand_back
+                back = partial(hand_back, message, lease, reopened.dependency, reopened.retry_in)
                 tg.start_soon(self._carry_out, back, i)
                 continue
             invoked = (share.outcome, share.response, share.error)

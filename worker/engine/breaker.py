@@ -216,6 +216,11 @@ class Breakers:
         period) and closes, its window emptied, once ``half_open_calls`` probes succeeded. An OPEN one
         ignores it (the call was admitted before it opened).
         """
+        if not self._unsettled and not admission.probes:
+            # Every breaker CLOSED, no probe permit held (the common case): one window entry each.
+            for name in admission.dependencies:
+                self._breaker(name).window.add(now, failed=False)
+            return self._drain()
         self._advance(now)
         held = self._held(admission)
         for name in admission.dependencies:
@@ -276,6 +281,16 @@ class Breakers:
         return held
 
     # --- time ---------------------------------------------------------------------------------------------
+
+    @property
+    def quiet(self) -> bool:
+        """Every breaker is CLOSED and every state change has been returned: nothing to admit or report."""
+        return not self._unsettled and not self._pending
+
+    @property
+    def unrouted_admission(self) -> Admission:
+        """The admission of a message with no route while ``quiet`` (what ``admit(None, now)`` returns)."""
+        return self._unrouted_admission
 
     def tick(self, now: float) -> list[Transition]:
         """OPEN -> HALF_OPEN for the breakers whose open period has ended, and any change not yet returned."""
@@ -362,6 +377,8 @@ class Breakers:
         )
 
     def _drain(self) -> list[Transition]:
+        if not self._pending:
+            return []
         done, self._pending = self._pending, []
         return done
 

@@ -98,6 +98,9 @@ class BreakerGate:
 
     def admit(self, message: Message) -> Admission | Denied:
         """May ``message`` run now? A denial says for how long its dependency stays closed to it."""
+        breakers = self.breakers
+        if self.route is None and breakers.quiet:
+            return breakers.unrouted_admission  # every breaker closed: no clock, nothing to report
         dependencies = self._dependencies(message)
         now = clock.now()
         verdict = self.breakers.admit(dependencies, now)

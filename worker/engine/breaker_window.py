@@ -45,12 +45,14 @@ class Window:
             self.failures -= gone.failures
 
     def add(self, now: float, *, failed: bool) -> None:
-        """One settled call at ``now`` (pruned first)."""
-        self.prune(now)
+        """One settled call at ``now`` (pruned first, when it opens a bucket)."""
         index = self._index(now)
         buckets = self._buckets
-        if not buckets or buckets[-1].index < index:
-            buckets.append(_Bucket(index))
+        if not buckets or buckets[-1].index != index:
+            # Pruning at the newest bucket's index was done when that bucket was made: only a new one prunes.
+            self.prune(now)
+            if not buckets or buckets[-1].index < index:
+                buckets.append(_Bucket(index))
         # A ``now`` older than the newest bucket (clocks passed in out of order) joins the newest bucket.
         bucket = buckets[-1]
         bucket.calls += 1

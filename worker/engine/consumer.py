@@ -119,7 +119,7 @@ class Consumer:
         self._open: dict[object, float] = {}
         #: Receives not yet answered: the slots each reserved, and whether it expects messages.
         self._asking: dict[object, tuple[int, bool]] = {}
-        processor.receives_open_until = lambda: max(self._open.values(), default=0.0)
+        processor.releases.receives_open_until = lambda: max(self._open.values(), default=0.0)
         #: What may hold the pollers before each receive: the breakers (when they pause receiving) and more.
         self.holds: list[ReceiveHold] = [processor.gate] if processor.gate is not None else []
         #: Runners waiting for their next group (LIFO), and whether they may wait any more.
@@ -354,7 +354,7 @@ class Consumer:
 
         async def one(position: int, message: Message) -> None:
             entry = {"ReceiptHandle": message.receipt_handle, "VisibilityTimeout": lease}
-            errors[position] = await self.processor.visibility.submit(entry)
+            errors[position] = await self.processor.releases.visibility.submit(entry)
 
         async with anyio.create_task_group() as tg:
             for position, (message, _) in enumerate(items):
@@ -394,7 +394,7 @@ class Consumer:
         )
         try:
             leases = [self.processor.lease(received_at) for _ in messages]
-            wait = self.processor.handback_seconds if seconds is None else seconds
-            await self.processor.give_back(messages, leases, wait)
+            wait = self.processor.releases.handback_seconds if seconds is None else seconds
+            await self.processor.releases.give_back(messages, leases, wait)
         finally:
             self.slots.release(len(messages))

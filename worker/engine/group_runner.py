@@ -18,6 +18,7 @@ from worker.engine.lease import Beat, Lease
 from worker.engine.message import Message
 from worker.engine.policy import HandlerResult
 from worker.errors import DecodeError
+from worker.telemetry.tracing import NO_SPAN
 
 if TYPE_CHECKING:
     from worker.engine.canary import Version
@@ -43,6 +44,7 @@ async def run_group(
         processor.held -= count
         release(count)
 
+    releases = processor.releases
     processor.held += len(items)
     leases = [processor.lease(received_at) for _ in items]
     beats: list[Beat] = []
@@ -54,10 +56,10 @@ async def run_group(
         last = len(items) - 1
         for (message, decode_error), lease in zip(items, leases, strict=True):
             handed_over = False
-            if give_back is None and processor.draining:
-                give_back = processor.handback_seconds  # draining: what has not started goes back
+            if give_back is None and releases.draining:
+                give_back = releases.handback_seconds  # draining: what has not started goes back
             if give_back is not None:
-                await processor.hand_back(message, lease, give_back)
+                await releases.hand_back(message, lease, give_back)
             else:
                 verdict = await run_one(
                     processor, message, decode_error, lease, settle=settle if done == last else None
@@ -74,7 +76,7 @@ async def run_group(
         for beat in beats[done:]:
             processor.heartbeats.untrack(beat)
         with anyio.move_on_after(5, shield=True):
-            await processor.give_back([m for m, _ in items[done:]], leases[done:], processor.handback_seconds)
+            await releases.give_back([m for m, _ in items[done:]], leases[done:], releases.handback_seconds)
         raise
     finally:
         for beat in beats[done:]:
@@ -117,7 +119,7 @@ async def run_one(
                 admitted = gate.admit(message)
                 if isinstance(admitted, Denied):
                     span.decided("breaker_hand_back", {"dependency": admitted.dependency})
-                    return await processor.breaker_hand_back(
+                    return await processor.releases.breaker_hand_back(
                         message, lease, admitted.dependency, admitted.retry_in
                     )
                 try:
@@ -130,16 +132,17 @@ async def run_one(
                     # Failed as its dependency's breaker opened: the breaker decides when it runs again.
                     dependency, retry_in = reopened.dependency, reopened.retry_in
                     span.decided("breaker_hand_back", {"dependency": dependency})
-                    return await processor.breaker_hand_back(message, lease, dependency, retry_in)
+                    return await processor.releases.breaker_hand_back(message, lease, dependency, retry_in)
             if route is not None and _on_trial(processor, route, invoked[0]):
                 # Failed on the canary while it is on trial: not held against the message (docs/deploying.md).
                 span.decided("canary_hand_back", {"version": route.version})
-                return await processor.canary_hand_back(message, lease, route.version)
+                return await processor.releases.canary_hand_back(message, lease, route.version)
             verdict = processor.decide(message, lease, invoked, immediate, handed_back, first_sent)
             if gate is not None and verdict is not None and reopened is not None:
                 verdict = verdict.not_before(reopened.retry_in)  # a failed probe: not back before the next
             if verdict is not None:
-                span.decided(*verdict.traced())
+                if span is not NO_SPAN:
+                    span.decided(*verdict.traced())
                 version = None if route is None else route.version
                 return await processor.act(message, lease, invoked, verdict, settle=settle, version=version)
             span.decided("retry_now")

@@ -98,6 +98,10 @@ class Ack:
     """Succeeded: delete the message, fire on-success destinations."""
 
 
+#: The decision for every success, whatever else is known (``decide`` returns it; callers may skip the call).
+ACK = Ack()
+
+
 @dataclass(frozen=True, slots=True)
 class RetryNow:
     """Run the handler again in process, without giving the message back."""
@@ -168,7 +172,7 @@ def decide(attempt: Attempt, config: RetryConfig) -> Decision:
     ``Timeout``, then ``MaxAgeExceeded``; the age cap also stops immediate retries and ``RetryLater``.
     """
     if attempt.outcome is HandlerResult.SUCCESS:
-        return Ack()
+        return ACK
     terminal = _TERMINAL_CONDITION.get(attempt.outcome)
     if terminal is not None:
         return DeadLetter(terminal)

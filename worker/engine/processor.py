@@ -7,11 +7,10 @@ durable (the DLQ send acknowledged), and never deleted or released once its leas
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING
@@ -35,8 +34,8 @@ from worker.engine.lease import Heartbeats, Lease
 from worker.engine.message import Message
 from worker.engine.middleware import Middleware
 from worker.engine.outcome import Outcome, OutcomeSink
-from worker.engine.policy import Condition, RetryConfig
-from worker.engine.pollers import handback_while_draining
+from worker.engine.policy import Condition, HandlerResult, RetryConfig
+from worker.engine.releases import Releases
 from worker.errors import DecodeError, RetryLater
 from worker.settings import Settings
 from worker.telemetry.metrics import Metrics
@@ -81,7 +80,6 @@ class Processor:
         self.handler = handler
         self.metrics = metrics
         self.deleter = deleter
-        self.visibility = visibility
         self.dead_letters = dead_letters
         self.sink = sink
         #: The circuit breakers (None: WORKER_BREAKER__ENABLED=false).
@@ -97,14 +95,18 @@ class Processor:
         )
         #: WORKER_PERMANENT_ERRORS, imported (start-up has checked them: this cannot fail then).
         self.permanent = load_permanent_errors(settings.permanent_errors)
-        #: Set when the worker drains: messages not yet started (later ones of a FIFO group) go back.
-        self.draining = False
-        #: When this worker's receives still open on SQS's side end at the latest (anyio clock; the consumer
-        #: points it at its open receives): what goes back while draining stays hidden until then.
-        self.receives_open_until: Callable[[], float] = lambda: 0.0
         self._pending: OrderedDict[str, tuple[Condition, Failure, int]] = OrderedDict()
         #: Receives this worker gave back unprocessed, per message id: they are not attempts.
         self.handbacks = HandBacks()
+        #: Giving messages back: visibility changes, hand-backs, lost leases.
+        self.releases = Releases(
+            queue=self.queue,
+            wait_time_seconds=settings.wait_time_seconds,
+            canary_delay=settings.backoff_base_seconds,
+            visibility=visibility,
+            handbacks=self.handbacks,
+            metrics=metrics,
+        )
         #: The canary rollout's router (None: no canary): which version each message runs on.
         self.canary = canary
         versions = [(handler.path, settings.handler_version)]
@@ -136,18 +138,7 @@ class Processor:
 
     def drain(self) -> None:
         """The worker is stopping: messages not started yet go back, out of reach of its pending polls."""
-        self.draining = True
-
-    @property
-    def handback_seconds(self) -> int:
-        """Visibility of messages handed back unprocessed: 0, or once draining 1 s past the end of this
-        worker's receives still open on SQS's side (at most WAIT_TIME_SECONDS + 1)."""
-        # Draining, this worker's own pending long polls (cancelled ones stay open on SQS's side until their
-        # wait ends) must not retake them.
-        if not self.draining:
-            return 0
-        now = anyio.current_time()
-        return handback_while_draining(self.receives_open_until(), now, self.settings.wait_time_seconds)
+        self.releases.draining = True
 
     async def run(
         self,
@@ -164,12 +155,6 @@ class Processor:
     def lease(self, received_at: float) -> Lease:
         """A fresh lease for a message received by a call sent at ``received_at``."""
         return Lease.start(received_at, self.settings.visibility_timeout_seconds)
-
-    async def give_back(self, items: Sequence[Message], leases: Sequence[Lease], seconds: int = 0) -> None:
-        """Release messages unprocessed (shutdown, prefetch): visibility ``seconds``."""
-        async with anyio.create_task_group() as tg:
-            for message, lease in zip(items, leases, strict=True):
-                tg.start_soon(self.hand_back, message, lease, seconds)
 
     async def before_handler(
         self, message: Message, decode_error: DecodeError | None, lease: Lease
@@ -226,6 +211,9 @@ class Processor:
     ) -> Verdict | None:
         """The policy's decision after one invocation; None (counted and logged) for an immediate retry."""
         outcome, _, error = invoked
+        if outcome is HandlerResult.SUCCESS:  # the common case: no draw, no clock (the policy acks it)
+            made = policy.attempts_made(message.receive_count, immediate, self.retry, handed_back)
+            return Verdict(policy.ACK, made)
         attempt = policy.Attempt(
             outcome=outcome,
             receive_count=message.receive_count,
@@ -283,7 +271,7 @@ class Processor:
             log_failure(
                 message, self.settings.log_bodies, outcome, error, "retry_after", delay=decision.seconds
             )
-            released = await self._release(message, lease, decision.seconds)
+            released = await self.releases.release(message, lease, decision.seconds)
             return Disposition(finished=False, give_back=decision.seconds if released else None)
         log_failure(message, self.settings.log_bodies, outcome, error, "dead_letter")
         return await self._dead_letter(message, lease, decision.condition, failure, attempts, run)
@@ -320,7 +308,7 @@ class Processor:
         if self.dead_letters is None:
             raise RuntimeError("no dead-letter queue configured")  # start-up refuses this configuration
         if not lease.held():
-            self._lease_lost(message, "dead_letter")
+            self.releases.lease_lost(message, "dead_letter")
             return Disposition(finished=False)
         sent = await self.dead_letters.send(
             message,
@@ -336,7 +324,7 @@ class Processor:
             delay = min(
                 policy.backoff_delay(2, self.jitter(), self.retry), policy.visibility_cap(lease.age())
             )
-            released = await self._release(message, lease, delay)
+            released = await self.releases.release(message, lease, delay)
             return Disposition(finished=False, give_back=delay if released else None)
         self.handbacks.forget(message.id)
         (run or self._versions[self.settings.handler_version]).processed["dead_lettered"].inc()
@@ -370,7 +358,7 @@ class Processor:
 
     async def _delete(self, message: Message, lease: Lease) -> bool:
         if not lease.held():
-            self._lease_lost(message, "delete")
+            self.releases.lease_lost(message, "delete")
             return False
         with anyio.CancelScope(shield=True):
             error = await self.deleter.submit({"ReceiptHandle": message.receipt_handle})
@@ -381,59 +369,6 @@ class Processor:
             )
             return False
         return True
-
-    async def breaker_hand_back(
-        self, message: Message, lease: Lease, dependency: str, retry_in: float
-    ) -> Disposition:
-        """Give back a message a breaker keeps from running (or that failed as it opened): no attempt."""
-        fields = {"event": "breaker_hand_back", "dependency": dependency}
-        return await self._free_hand_back(message, lease, "breaker", retry_in, "circuit open", fields)
-
-    async def canary_hand_back(self, message: Message, lease: Lease, version: str) -> Disposition:
-        """Give back a message that failed on the canary version while it is on trial: no attempt."""
-        fields = {"event": "canary_hand_back", "version": version}
-        delay = self.settings.backoff_base_seconds
-        return await self._free_hand_back(message, lease, "canary", delay, "failed on the canary", fields)
-
-    async def _free_hand_back(
-        self, message: Message, lease: Lease, kind: str, delay: float, why: str, fields: Mapping[str, object]
-    ) -> Disposition:
-        seconds = max(1, math.ceil(delay))
-        self.metrics.retries.labels(self.queue, kind).inc()
-        log.info(
-            f"{why}: message handed back", extra={**fields, "message_id": message.id, "seconds": seconds}
-        )
-        released = await self.hand_back(message, lease, seconds)
-        return Disposition(finished=False, give_back=seconds if released else None)
-
-    async def hand_back(self, message: Message, lease: Lease, seconds: int) -> bool:
-        """Give back a message whose handler did not run in this delivery; its receive is no attempt."""
-        # Released or not, this receive ran no handler: when the message comes back, it is no attempt.
-        self.handbacks.record(message.id)
-        return await self._release(message, lease, seconds)
-
-    async def _release(self, message: Message, lease: Lease, seconds: int) -> bool:
-        if not lease.held():
-            self._lease_lost(message, "release")
-            return False
-        with anyio.CancelScope(shield=True):
-            error = await self.visibility.submit(
-                {"ReceiptHandle": message.receipt_handle, "VisibilityTimeout": seconds}
-            )
-        if error is not None:
-            log.warning(
-                "visibility change failed",
-                extra={"event": "release_failed", "message_id": message.id, "error": error},
-            )
-            return False
-        return True
-
-    def _lease_lost(self, message: Message, action: str) -> None:
-        self.metrics.heartbeats.labels(self.queue, "lease_lost").inc()
-        log.warning(
-            "lease lost: message left for redelivery",
-            extra={"event": "lease_lost", "message_id": message.id, "action": action},
-        )
 
     def _emit(
         self,
