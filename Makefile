@@ -90,11 +90,12 @@ soak: $(STAMP) localstack-venv
 		$(BIN)/python -m pytest -q -p no:randomly tests/test_soak.py; \
 	status=$$?; $(BIN)/python tools/reliability_doc.py || [ $$status -ne 0 ] || status=1; exit $$status
 
-# The whole performance evidence of the commit checked out (docs/PERFORMANCE.md, about 2.5 hours on 2 cores): the
-# comparison on LocalStack and on fauxqs, open-loop latency, the scaling grid and its plot, the worker's own CPU
-# per message on an in-process SQS stub (ENGINE_ARGS="--baseline DIR" compares an older tree); then bench.publish
-# rewrites the page's results section from these files only (copied into docs/bench-results/) and refuses a
-# dirty tree. `make bench-compare` is the LocalStack comparison alone (BENCH_ARGS: e.g. --quick, --consumers).
+# The whole performance evidence of the commit checked out (docs/PERFORMANCE.md, about 4 hours on 2 cores): the
+# comparison on LocalStack and on fauxqs, open-loop latency, the scaling grid (5 rounds) and its plot, the
+# worker's own CPU per message on an in-process SQS stub (ENGINE_ARGS="--baseline DIR" compares an older
+# tree); then bench.publish rewrites the page's results section from these files only (copied into
+# docs/bench-results/) and refuses a dirty tree. `make bench-compare` is the LocalStack comparison alone
+# (BENCH_ARGS: e.g. --quick, --consumers).
 BENCH_SHA = $(shell git rev-parse --short=7 HEAD)
 BENCH_OUT = bench/results/$(BENCH_SHA)
 bench: $(STAMP) localstack-venv bench-deps bench-peers
@@ -102,7 +103,7 @@ bench: $(STAMP) localstack-venv bench-deps bench-peers
 	$(BIN)/python -m bench --emulator fauxqs $(BENCH_ARGS) --output $(BENCH_OUT)-fauxqs.json
 	$(BIN)/python -m bench.openloop --output $(BENCH_OUT)-openloop.json
 	$(BIN)/python -m bench --soak --output $(BENCH_OUT)-soak.json
-	$(BIN)/python -m bench.scaling $(SCALING_ARGS) --output $(BENCH_OUT)-scaling.json \
+	$(BIN)/python -m bench.scaling --repeat 5 $(SCALING_ARGS) --output $(BENCH_OUT)-scaling.json \
 		--plot docs/img/scaling-$(BENCH_SHA).png
 	$(BIN)/python -m bench.engine_cpu $(ENGINE_ARGS) --output $(BENCH_OUT)-engine.json
 	$(BIN)/python -m bench.publish --main $(BENCH_OUT)-localstack.json --fauxqs $(BENCH_OUT)-fauxqs.json \
@@ -132,9 +133,10 @@ bench-peers: $(PEERS_VENV)/.installed
 
 # The scaling curve (issue 15, T7): the worker over pollers x concurrency x handler time, the raw loop at the same
 # pollers beside it, into bench/results/scaling-<date>.json; then bench/plot.py, with the peers' virtualenv's
-# matplotlib, draws docs/img/scaling-<sha>.png and prints the sizing advice. The whole grid takes about half an
-# hour on LocalStack (the estimate is printed before it starts); SCALING_ARGS cuts or repeats it, e.g.
-# "--pollers 1,4 --concurrency 100 --handlers 0,50", "--repeat 5", "--dry-run" (the plan only).
+# matplotlib, draws docs/img/scaling-<sha>.png and prints the sizing advice. One round of the whole grid takes
+# about 22 minutes on LocalStack, the 5 rounds `make bench` runs about 100 (the estimate is printed before it
+# starts); SCALING_ARGS cuts or repeats it, e.g. "--pollers 1,4 --concurrency 100 --handlers 0,50",
+# "--repeat 5", "--dry-run" (the plan only).
 SCALING_ARGS ?=
 bench-scaling: $(STAMP) localstack-venv bench-peers
 	$(BIN)/python -m bench.scaling $(SCALING_ARGS)
