@@ -39,6 +39,21 @@ async def _until(condition: Any, limit: float, what: str, consumer: ConsumerProc
         await anyio.sleep(SAMPLE_INTERVAL)
 
 
+#: A queue that reads empty is read again this much later before it counts as drained. LocalStack takes a
+#: receive's messages off the visible queue one at a time and counts them in flight only once it has them all,
+#: so a GetQueueAttributes in between reads 0 while the last messages are being received, not yet deleted.
+EMPTY_CONFIRM_SECONDS = 0.25
+
+
+async def queue_drained(bench: Bench, url: str) -> bool:
+    """Whether the queue is empty: it reads 0 (visible, in flight and delayed), and 0 again
+    ``EMPTY_CONFIRM_SECONDS`` later."""
+    if await bench.depth(url) != 0:
+        return False
+    await anyio.sleep(EMPTY_CONFIRM_SECONDS)
+    return await bench.depth(url) == 0
+
+
 async def _terminate(consumer: ConsumerProcess) -> float:
     """SIGTERM, and the seconds until the process exited (STOP_LIMIT, then SIGKILL, if it did not)."""
     started = time.perf_counter()
@@ -95,10 +110,7 @@ async def start_and_idle_stop(bench: Bench, name: str) -> dict[str, Any]:
 
             await _until(all_handled, 120, f"{FIRST_MESSAGES} messages handled", consumer)
 
-            async def empty() -> bool:
-                return await bench.depth(queue.url) == 0
-
-            await _until(empty, 60, "empty queue", consumer)
+            await _until(lambda: queue_drained(bench, queue.url), 60, "empty queue", consumer)
             await anyio.sleep(bench.args.idle_before_stop)
             started = time.perf_counter()
             consumer.proc.send_signal(signal.SIGTERM)
@@ -186,11 +198,9 @@ async def requests(bench: Bench, name: str, endpoint: str, count: int, idle_seco
                 name, queue, "noop", extra={"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
             )
             try:
-
-                async def empty() -> bool:
-                    return await bench.depth(queue.url) == 0
-
-                await _until(empty, bench.args.drain_timeout, "empty queue", consumer)
+                await _until(
+                    lambda: queue_drained(bench, queue.url), bench.args.drain_timeout, "empty queue", consumer
+                )
                 drained = proxy.snapshot()
                 await anyio.sleep(min(IDLE_SETTLE_SECONDS, idle_seconds))
                 settled = proxy.snapshot()

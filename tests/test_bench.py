@@ -18,7 +18,7 @@ import pytest
 
 from bench import common as bench_common
 from bench import consumers as bench_consumers
-from bench import report, stats
+from bench import lifecycle, report, stats
 from bench.common import BENCH_DIR, write_results
 from bench.consumers import Launch
 from bench.countproxy import CountingProxy, sqs_action
@@ -229,6 +229,33 @@ def test_sqs_action_reads_the_json_and_the_query_protocol() -> None:
     assert sqs_action(query_head, b"Action=ReceiveMessage&Version=2012-11-05") == "ReceiveMessage"
     assert sqs_action(b"GET /?Action=GetQueueUrl&QueueName=q HTTP/1.1\r\nHost: x", b"") == "GetQueueUrl"
     assert sqs_action(b"GET /health HTTP/1.1\r\nHost: x", b"") == "other"
+
+
+class _Depths:
+    """A stand-in for ``Bench`` whose queue reads the given depths in turn."""
+
+    def __init__(self, *depths: int) -> None:
+        self.depths = list(depths)
+        self.reads = 0
+
+    async def depth(self, url: str) -> int:
+        self.reads += 1
+        return self.depths.pop(0)
+
+
+@pytest.mark.parametrize(
+    ("depths", "empty", "reads"),
+    [((3,), False, 1), ((0, 10), False, 2), ((0, 0), True, 2)],
+)
+async def test_a_queue_counts_as_drained_only_when_it_reads_empty_twice(
+    monkeypatch: pytest.MonkeyPatch, depths: tuple[int, ...], empty: bool, reads: int
+) -> None:
+    """A first 0 is read again before the queue counts as drained: LocalStack reads 0 while a receive has
+    taken the last messages off the queue and not yet counted them in flight."""
+    monkeypatch.setattr(lifecycle, "EMPTY_CONFIRM_SECONDS", 0.0)
+    bench = _Depths(*depths)
+    assert await lifecycle.queue_drained(bench, "url") is empty  # type: ignore[arg-type]
+    assert bench.reads == reads
 
 
 async def test_counting_proxy_counts_each_request_of_a_kept_alive_connection() -> None:
