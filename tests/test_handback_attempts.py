@@ -154,7 +154,12 @@ async def _dead_letters(sqs: Any, dlq_url: str) -> dict[str, dict[str, Any]]:
     return found
 
 
-@on_emulators()
+# LocalStack only: moto's (5.2) ReceiveMessage is not atomic (see tests/test_shutdown.py). Its server answers
+# requests on threads, and the stopping worker's pending polls all wake when the late batch arrives, so two of
+# them can pick the same visible message before either marks it received. One CI run on moto saw 11 messages
+# given back for the 10 sent, within 5 ms, and the extra one ran at receive count 3. That is the emulator
+# handing out a message twice, not the worker retaking one it gave back, which is what this test checks.
+@pytest.mark.localstack
 async def test_a_stopping_worker_hands_each_message_back_once(
     sqs: Any, queues: QueueFactory, aws_env: dict[str, str], tmp_path: Path
 ) -> None:
